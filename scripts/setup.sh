@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Idempotent set-up: the project's virtualenv with torch==2.11.0 (libtorch for
+# tch 0.24). Safe to run again: it does nothing when everything is in place.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+TORCH_VERSION=2.11.0
+
+if ! command -v cargo >/dev/null; then
+    echo "error: cargo not found; install Rust (https://rustup.rs) first" >&2
+    exit 2
+fi
+if [ ! -x "$VIRTUAL_ENV/bin/python" ]; then
+    echo "setup: creating $VIRTUAL_ENV"
+    python3 -m venv "$VIRTUAL_ENV"
+fi
+have=$("$VIRTUAL_ENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
+if [ "$have" != "$TORCH_VERSION" ]; then
+    echo "setup: installing torch==$TORCH_VERSION into $VIRTUAL_ENV (about 4.7 GB, a few minutes)"
+    "$VIRTUAL_ENV/bin/pip" install --quiet --no-input --disable-pip-version-check "torch==$TORCH_VERSION"
+fi

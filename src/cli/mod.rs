@@ -1,0 +1,81 @@
+//! The `eqco` command line: argument definitions and dispatch.
+//!
+//! Every command that runs work takes the common options `--out`, `--seed`,
+//! `--threads` and `--device`. Errors end in one `error:` line on stderr (plus
+//! an optional hint) and exit code 2 for usage or configuration, 1 for a
+//! failure of the work itself.
+
+pub mod bench;
+pub mod toy_mi;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Self-supervised contrastive learning with the EqCo equivalent rules.
+#[derive(Debug, Parser)]
+#[command(name = "eqco", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The toy mutual-information experiment (paper Table 5): InfoNCE vs EqCo
+    /// bounds on correlated Gaussians of known MI, for several K.
+    #[command(name = "toy-mi")]
+    ToyMi(toy_mi::ToyMiArgs),
+    /// Benchmarks that print figures and ratios against PyTorch.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        which: bench::BenchCommand,
+    },
+}
+
+/// Options shared by every command that runs work.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Output folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Base random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// CPU threads to use (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl CommonArgs {
+    /// `--threads`, or every core of this machine.
+    pub fn threads(&self) -> crate::Result<usize> {
+        match self.threads {
+            Some(0) => Err(crate::Error::config("threads", "0 (must be ≥ 1)")),
+            Some(n) => Ok(n),
+            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::ToyMi(args) => toy_mi::run(args),
+        Command::Bench { which } => bench::run(which),
+    }
+}
+
+/// The exit code for an error: 2 for usage or configuration, 1 otherwise.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    match err.downcast_ref::<crate::Error>() {
+        Some(e) if e.is_usage() => 2,
+        _ => 1,
+    }
+}

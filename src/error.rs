@@ -1,0 +1,71 @@
+//! The crate's error type.
+//!
+//! Configuration and usage mistakes ([`Error::Config`]) are told apart from
+//! failures of the work itself, because the CLI maps them to different exit
+//! codes (2 and 1, see `../shared/docs/interface.md`).
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in eqco's library code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value or option is invalid; `field` names it.
+    #[error("invalid `{field}`: {message}")]
+    Config {
+        /// The configuration key or command-line option concerned.
+        field: String,
+        /// What is wrong and what would be allowed.
+        message: String,
+    },
+    /// Tensors of incompatible shapes were passed to a function.
+    #[error("shape mismatch in {context}: {message}")]
+    Shape {
+        /// The function or argument concerned.
+        context: &'static str,
+        /// The shapes seen and expected.
+        message: String,
+    },
+    /// A computation produced a non-finite value (NaN or infinite loss).
+    #[error("numerical failure: {0}")]
+    Numerical(String),
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Drawing a plot failed.
+    #[error("plot: {0}")]
+    Plot(String),
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl Error {
+    /// A configuration error for `field`.
+    pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether this error is the user's configuration or usage (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Config { .. })
+    }
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

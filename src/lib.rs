@@ -1,0 +1,18 @@
+//! eqco: self-supervised contrastive learning of image encoders with the EqCo
+//! equivalent rules (Zhu et al., "EqCo: Equivalent Rules for Self-supervised
+//! Contrastive Learning"), on libtorch through tch.
+//!
+//! - [`loss`]: InfoNCE with a margin (Eq. 1), the EqCo rule `m = τ·ln(α/K)`
+//!   (Eq. 5), negative selection, MI bound and gradient-norm diagnostics.
+//! - [`toy`]: the mutual-information experiment on correlated Gaussians (Table 5).
+//! - [`cli`]: the `eqco` command line.
+
+pub mod cli;
+pub mod device;
+pub mod error;
+pub mod io;
+pub mod loss;
+pub mod plot;
+pub mod toy;
+
+pub use error::{Error, Result};

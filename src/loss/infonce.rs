@@ -1,0 +1,180 @@
+//! InfoNCE with a margin (paper Eq. 1).
+//!
+//! For a query `q`, its positive key `k0` and negatives `k1..kK`, all
+//! L2-normalised:
+//!
+//! ```text
+//! L = −ln( exp((q·k0 − m)/τ) / ( exp((q·k0 − m)/τ) + Σ_i exp(q·ki/τ) ) )
+//! ```
+//!
+//! i.e. cross-entropy with target 0 over the logits
+//! `[(q·k0 − m)/τ, q·k1/τ, …, q·kK/τ]`, computed with a log-sum-exp. The margin
+//! `m` comes from a [`LossConfig`]: 0 for plain InfoNCE, `τ·ln(α/K)` for EqCo.
+
+use tch::{Kind, Tensor};
+
+use super::LossConfig;
+use crate::error::{Error, Result};
+
+/// The negatives each query is contrasted with.
+#[derive(Debug, Clone, Copy)]
+pub enum Negatives<'a> {
+    /// `[K, D]`: the same K keys for every query (a MoCo queue, a shared subset).
+    Shared(&'a Tensor),
+    /// `[N, K, D]`: K keys of its own for each query.
+    PerQuery(&'a Tensor),
+}
+
+impl Negatives<'_> {
+    /// The key tensor, `[K, D]` or `[N, K, D]`.
+    pub fn keys(&self) -> &Tensor {
+        match self {
+            Negatives::Shared(keys) | Negatives::PerQuery(keys) => keys,
+        }
+    }
+
+    /// The similarities `q·ki`, `[N, K]`, for queries `q: [N, D]`.
+    pub fn similarities(&self, q: &Tensor) -> Tensor {
+        match self {
+            Negatives::Shared(keys) => q.matmul(&keys.tr()),
+            Negatives::PerQuery(keys) => keys.bmm(&q.unsqueeze(2)).squeeze_dim(2),
+        }
+    }
+
+    /// `Σ_i w_i·ki` per query, `[N, D]`, for weights `w: [N, K]`.
+    pub fn weighted_sum(&self, w: &Tensor) -> Tensor {
+        match self {
+            Negatives::Shared(keys) => w.matmul(keys),
+            Negatives::PerQuery(keys) => w.unsqueeze(1).bmm(keys).squeeze_dim(1),
+        }
+    }
+
+    fn check(&self, n: i64, d: i64) -> Result<i64> {
+        let (shape, ok) = match self {
+            Negatives::Shared(keys) => {
+                let s = keys.size();
+                let ok = s.len() == 2 && s[1] == d;
+                (s, ok)
+            }
+            Negatives::PerQuery(keys) => {
+                let s = keys.size();
+                let ok = s.len() == 3 && s[0] == n && s[2] == d;
+                (s, ok)
+            }
+        };
+        if !ok {
+            return Err(Error::Shape {
+                context: "info_nce negatives",
+                message: format!(
+                    "got {shape:?}, expected [K, {d}] (shared) or [{n}, K, {d}] (per query)"
+                ),
+            });
+        }
+        Ok(shape[shape.len() - 2])
+    }
+}
+
+/// The loss of a batch, with what the diagnostics need.
+#[derive(Debug)]
+pub struct InfoNceOutput {
+    /// Per-query losses `L_i`, `[N]`, float32.
+    pub per_query: Tensor,
+    /// Their mean, a scalar: what the optimizer minimises.
+    pub loss: Tensor,
+    /// The logits `[(q·k0 − m)/τ, q·ki/τ]`, `[N, 1 + K]`, float32.
+    pub logits: Tensor,
+    /// The number K of negatives per query.
+    pub k: usize,
+    /// The margin m that was applied.
+    pub margin: f64,
+    /// The temperature τ that was applied.
+    pub tau: f64,
+}
+
+impl InfoNceOutput {
+    /// The softmax probabilities `p_j` over the logits, `[N, 1 + K]`, detached.
+    pub fn probabilities(&self) -> Tensor {
+        self.logits.detach().softmax(1, Kind::Float)
+    }
+
+    /// The batch's empirical MI lower bound `ln K + m/τ − L` (Eq. 4 and 6).
+    pub fn mi_bound(&self) -> f64 {
+        (self.k as f64).ln() + self.margin / self.tau - self.loss.double_value(&[])
+    }
+}
+
+/// InfoNCE with margin (Eq. 1) over L2-normalised queries `q: [N, D]`, their
+/// positive keys `k_pos: [N, D]` and `negatives`.
+pub fn info_nce(
+    q: &Tensor,
+    k_pos: &Tensor,
+    negatives: Negatives<'_>,
+    cfg: &LossConfig,
+) -> Result<InfoNceOutput> {
+    let qs = q.size();
+    if qs.len() != 2 || k_pos.size() != qs {
+        return Err(Error::Shape {
+            context: "info_nce",
+            message: format!(
+                "queries {qs:?} and positive keys {:?} must both be [N, D]",
+                k_pos.size()
+            ),
+        });
+    }
+    negatives.check(qs[0], qs[1])?;
+    let pos = (q * k_pos).sum_dim_intlist(1, false, None::<Kind>);
+    info_nce_from_similarities(&pos, &negatives.similarities(q), cfg)
+}
+
+/// InfoNCE with margin (Eq. 1) from precomputed similarities: the positives'
+/// `pos: [N]` and the negatives' `neg: [N, K]` (dot products, not yet over τ).
+pub fn info_nce_from_similarities(
+    pos: &Tensor,
+    neg: &Tensor,
+    cfg: &LossConfig,
+) -> Result<InfoNceOutput> {
+    let (ps, ns) = (pos.size(), neg.size());
+    if ps.len() != 1 || ns.len() != 2 || ns[0] != ps[0] {
+        return Err(Error::Shape {
+            context: "info_nce_from_similarities",
+            message: format!("positives {ps:?} must be [N] and negatives {ns:?} [N, K]"),
+        });
+    }
+    let k = ns[1] as usize;
+    let margin = cfg.margin_for(k)?;
+    let tau = cfg.tau;
+    let pos_logit = ((pos.to_kind(Kind::Float) - margin) / tau).unsqueeze(1);
+    let logits = Tensor::cat(&[pos_logit, neg.to_kind(Kind::Float) / tau], 1);
+    let per_query = logits.logsumexp(1, false) - logits.select(1, 0);
+    let loss = per_query.mean(Kind::Float);
+    Ok(InfoNceOutput {
+        per_query,
+        loss,
+        logits,
+        k,
+        margin,
+        tau,
+    })
+}
+
+/// Scores `[N, N]` whose diagonal holds the positives, split into the
+/// positives `[N]` and the off-diagonal negatives `[N, N − 1]` (row order kept).
+pub fn split_diagonal(scores: &Tensor) -> Result<(Tensor, Tensor)> {
+    let s = scores.size();
+    if s.len() != 2 || s[0] != s[1] || s[0] < 2 {
+        return Err(Error::Shape {
+            context: "split_diagonal",
+            message: format!("scores {s:?} must be square [N, N] with N ≥ 2"),
+        });
+    }
+    let n = s[0];
+    let pos = scores.diagonal(0, 0, 1);
+    // The N² entries without the first are N − 1 runs of [N off-diagonal, 1 diagonal].
+    let neg = scores
+        .flatten(0, 1)
+        .narrow(0, 1, n * n - 1)
+        .view([n - 1, n + 1])
+        .narrow(1, 0, n)
+        .reshape([n, n - 1]);
+    Ok((pos, neg))
+}

@@ -1,0 +1,85 @@
+//! Choosing K negatives per query among the keys of a batch (paper Sec. 2.1,
+//! "how K is decoupled from the batch").
+//!
+//! Both selections return key indices `[N, K]` (int64): row i lists the keys
+//! that query i is contrasted with. [`gather_similarities`] and [`gather_keys`]
+//! apply them. Neither ever picks a query's own positive, and both are
+//! deterministic for a seeded RNG.
+
+use rand::seq::index;
+use rand::Rng;
+use tch::Tensor;
+
+use crate::error::{Error, Result};
+
+/// SiMo's rule: one random subset of K of the other N − 1 keys, shared by every
+/// row, for N queries whose positive is the key with the same index.
+///
+/// The subset is drawn once as K of the N − 1 off-diagonal columns; row i maps
+/// column c to key `c` if `c < i`, else `c + 1`. So every row sees the same
+/// keys, except that the key that would be its own positive is replaced by the
+/// next one along: exactly the same columns taken from every row of the
+/// off-diagonal `[N, N − 1]` similarity matrix.
+pub fn shared_subset(n: usize, k: usize, rng: &mut impl Rng) -> Result<Tensor> {
+    check_k(k, n.saturating_sub(1), n)?;
+    let cols = index::sample(rng, n - 1, k).into_vec();
+    let mut idx = Vec::with_capacity(n * k);
+    for i in 0..n {
+        idx.extend(cols.iter().map(|&c| (if c < i { c } else { c + 1 }) as i64));
+    }
+    Ok(Tensor::from_slice(&idx).view([n as i64, k as i64]))
+}
+
+/// SimCLR's rule: for each of `n_queries` queries, K distinct keys drawn
+/// independently among the `n_keys` keys that are not in `excluded(i)` (the
+/// query itself and its positive).
+pub fn per_query(
+    n_queries: usize,
+    n_keys: usize,
+    k: usize,
+    excluded: impl Fn(usize) -> Vec<usize>,
+    rng: &mut impl Rng,
+) -> Result<Tensor> {
+    let mut idx = Vec::with_capacity(n_queries * k);
+    for i in 0..n_queries {
+        let mut ex = excluded(i);
+        ex.sort_unstable();
+        ex.dedup();
+        let available = n_keys - ex.iter().filter(|&&e| e < n_keys).count();
+        check_k(k, available, n_keys)?;
+        for c in index::sample(rng, available, k) {
+            // The c-th key that is not excluded.
+            let mut key = c;
+            for &e in &ex {
+                if e <= key {
+                    key += 1;
+                }
+            }
+            idx.push(key as i64);
+        }
+    }
+    Ok(Tensor::from_slice(&idx).view([n_queries as i64, k as i64]))
+}
+
+fn check_k(k: usize, available: usize, batch: usize) -> Result<()> {
+    if k == 0 || k > available {
+        return Err(Error::config(
+            "k_negatives",
+            format!("{k} (must be between 1 and {available}: the other keys of a batch of {batch})"),
+        ));
+    }
+    Ok(())
+}
+
+/// The similarities `[N, K]` of the chosen negatives, from all of a query's
+/// similarities `sims: [N, M]` and indices `idx: [N, K]` into its M keys.
+pub fn gather_similarities(sims: &Tensor, idx: &Tensor) -> Tensor {
+    sims.gather(1, &idx.to_device(sims.device()), false)
+}
+
+/// The chosen negative keys `[N, K, D]` from keys `[M, D]` and indices `[N, K]`.
+pub fn gather_keys(keys: &Tensor, idx: &Tensor) -> Tensor {
+    let s = idx.size();
+    keys.index_select(0, &idx.flatten(0, -1).to_device(keys.device()))
+        .view([s[0], s[1], -1])
+}
