@@ -32,7 +32,10 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     if index >= count {
         return Err(Error::config(
             "device",
-            format!("'{spec}' requested, but this machine has {count} CUDA GPU(s): cuda:0..cuda:{}", count - 1),
+            format!(
+                "'{spec}' requested, but this machine has {count} CUDA GPU(s): cuda:0..cuda:{}",
+                count - 1
+            ),
         ));
     }
     Ok(Device::Cuda(index))

@@ -74,7 +74,10 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, panel: &Panel) -> Result<()>
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    panel: &Panel,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -109,7 +112,12 @@ where
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                 .map_err(err)?,
             Stroke::Dashed => chart
-                .draw_series(DashedLineSeries::new(pts.clone(), 8, 5, color.stroke_width(2)))
+                .draw_series(DashedLineSeries::new(
+                    pts.clone(),
+                    8,
+                    5,
+                    color.stroke_width(2),
+                ))
                 .map_err(err)?,
             Stroke::Thin => chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(1)))
@@ -152,8 +160,7 @@ pub fn write_png(path: &Path, panels: &[Panel], cols: usize, panel_size: (u32, u
         for (area, panel) in areas.iter().zip(panels) {
             draw_panel(area, panel)?;
         }
-        root.present()
-            .map_err(|e| Error::Plot(e.to_string()))?;
+        root.present().map_err(|e| Error::Plot(e.to_string()))?;
     }
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut png)

@@ -64,7 +64,9 @@ fn default_python() -> PathBuf {
 
 fn toy_mi(args: BenchToyMiArgs) -> anyhow::Result<()> {
     if args.threads == 0 || args.steps == 0 || args.repeats == 0 || args.k == 0 {
-        return Err(crate::Error::config("--threads/--steps/--repeats/--k", "0 (must be ≥ 1)").into());
+        return Err(
+            crate::Error::config("--threads/--steps/--repeats/--k", "0 (must be ≥ 1)").into(),
+        );
     }
     let device = parse_device(&args.device)?;
     tch::set_num_threads(args.threads as i32);
@@ -97,7 +99,8 @@ fn toy_mi(args: BenchToyMiArgs) -> anyhow::Result<()> {
 
     let python = args.python.clone().unwrap_or_else(default_python);
     let script = std::env::temp_dir().join(format!("eqco-bench-toy-mi-{}.py", std::process::id()));
-    std::fs::write(&script, TOY_MI_SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+    std::fs::write(&script, TOY_MI_SCRIPT)
+        .with_context(|| format!("writing {}", script.display()))?;
     let mut theirs = f64::INFINITY;
     let mut torch_version = String::new();
     for _ in 0..args.repeats {
@@ -107,13 +110,21 @@ fn toy_mi(args: BenchToyMiArgs) -> anyhow::Result<()> {
             .args(["--steps", &args.steps.to_string()])
             .args(["--threads", &args.threads.to_string()])
             .output()
-            .with_context(|| format!("running {} (set --python, or --no-python)", python.display()))?;
+            .with_context(|| {
+                format!(
+                    "running {} (set --python, or --no-python)",
+                    python.display()
+                )
+            })?;
         if !out.status.success() {
             let _ = std::fs::remove_file(&script);
             anyhow::bail!(
                 "the PyTorch script failed under {}: {}",
                 python.display(),
-                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
             );
         }
         let line = String::from_utf8_lossy(&out.stdout);
@@ -124,6 +135,9 @@ fn toy_mi(args: BenchToyMiArgs) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&script);
     println!("  PyTorch {torch_version:<13} {theirs:8.3} ms/step");
-    println!("  ratio eqco / PyTorch  {:8.3}  (< 1 means eqco is faster)", ours / theirs);
+    println!(
+        "  ratio eqco / PyTorch  {:8.3}  (< 1 means eqco is faster)",
+        ours / theirs
+    );
     Ok(())
 }

@@ -21,13 +21,18 @@ pub struct ToyMiArgs {
     #[arg(long)]
     pub eval_batches: Option<usize>,
     /// True mutual informations in nats [default: 2,4,6,8,10; --quick: 2,6].
-    #[arg(long, value_delimiter = ',', value_name = "NATS")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "NATS",
+        allow_negative_numbers = true
+    )]
     pub mi: Option<Vec<f64>>,
     /// Numbers of negatives K [default: 64,128,256,512; --quick: 16,64].
     #[arg(long, value_delimiter = ',')]
     pub k: Option<Vec<usize>>,
     /// EqCo's α, the number of negatives to mimic.
-    #[arg(long, default_value_t = 512.0)]
+    #[arg(long, default_value_t = 512.0, allow_negative_numbers = true)]
     pub alpha: f64,
     /// A protocol small enough for a smoke test (seconds, not minutes).
     #[arg(long)]
@@ -56,16 +61,25 @@ impl ToyMiArgs {
             other => other,
         };
         cfg.validate().map_err(map_field)?;
-        let mis = self
-            .mi
-            .clone()
-            .unwrap_or_else(|| if q { vec![2.0, 6.0] } else { vec![2.0, 4.0, 6.0, 8.0, 10.0] });
-        let ks = self
-            .k
-            .clone()
-            .unwrap_or_else(|| if q { vec![16, 64] } else { vec![64, 128, 256, 512] });
+        let mis = self.mi.clone().unwrap_or_else(|| {
+            if q {
+                vec![2.0, 6.0]
+            } else {
+                vec![2.0, 4.0, 6.0, 8.0, 10.0]
+            }
+        });
+        let ks = self.k.clone().unwrap_or_else(|| {
+            if q {
+                vec![16, 64]
+            } else {
+                vec![64, 128, 256, 512]
+            }
+        });
         if let Some(bad) = mis.iter().find(|m| !(m.is_finite() && **m >= 0.0)) {
-            return Err(crate::Error::config("--mi", format!("{bad} (must be ≥ 0 nats)")));
+            return Err(crate::Error::config(
+                "--mi",
+                format!("{bad} (must be ≥ 0 nats)"),
+            ));
         }
         if ks.contains(&0) {
             return Err(crate::Error::config("--k", "0 (every K must be ≥ 1)"));
@@ -105,8 +119,10 @@ pub fn run(args: ToyMiArgs) -> anyhow::Result<()> {
         device
     );
     let bar = ProgressBar::new(specs.len() as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} runs  {elapsed_precise} elapsed, ETA {eta}  {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} runs  {elapsed_precise} elapsed, ETA {eta}  {msg}",
+        )
+        .expect("valid template"),
     );
     let start = Instant::now();
     let results = run_all(&cfg, &specs, threads, device, |r| {

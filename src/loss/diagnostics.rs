@@ -3,7 +3,7 @@
 //!
 //! The empirical MI bound (Eq. 4/6) is [`InfoNceOutput::mi_bound`].
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::{InfoNceOutput, Negatives};
 
@@ -13,9 +13,11 @@ pub fn grad_q(out: &InfoNceOutput, k_pos: &Tensor, negatives: Negatives<'_>) -> 
     tch::no_grad(|| {
         let p = out.probabilities();
         let p0 = p.select(1, 0).unsqueeze(1);
-        let p_neg = p.narrow(1, 1, out.k as i64).to_kind(negatives.keys().kind());
-        let neg = negatives.weighted_sum(&p_neg).to_kind(Kind::Float);
-        (neg - (1.0 - p0) * k_pos.to_kind(Kind::Float)) / out.tau
+        let p_neg = p
+            .narrow(1, 1, out.k as i64)
+            .to_kind(negatives.keys().kind());
+        let neg = negatives.weighted_sum(&p_neg).to_kind(p.kind());
+        (neg - (1.0 - p0) * k_pos.to_kind(p.kind())) / out.tau
     })
 }
 

@@ -77,11 +77,11 @@ impl Negatives<'_> {
 /// The loss of a batch, with what the diagnostics need.
 #[derive(Debug)]
 pub struct InfoNceOutput {
-    /// Per-query losses `L_i`, `[N]`, float32.
+    /// Per-query losses `L_i`, `[N]`, float32 (float64 for float64 inputs).
     pub per_query: Tensor,
     /// Their mean, a scalar: what the optimizer minimises.
     pub loss: Tensor,
-    /// The logits `[(q·k0 − m)/τ, q·ki/τ]`, `[N, 1 + K]`, float32.
+    /// The logits `[(q·k0 − m)/τ, q·ki/τ]`, `[N, 1 + K]`, of the loss's kind.
     pub logits: Tensor,
     /// The number K of negatives per query.
     pub k: usize,
@@ -94,7 +94,7 @@ pub struct InfoNceOutput {
 impl InfoNceOutput {
     /// The softmax probabilities `p_j` over the logits, `[N, 1 + K]`, detached.
     pub fn probabilities(&self) -> Tensor {
-        self.logits.detach().softmax(1, Kind::Float)
+        self.logits.detach().softmax(1, self.logits.kind())
     }
 
     /// The batch's empirical MI lower bound `ln K + m/τ − L` (Eq. 4 and 6).
@@ -143,10 +143,16 @@ pub fn info_nce_from_similarities(
     let k = ns[1] as usize;
     let margin = cfg.margin_for(k)?;
     let tau = cfg.tau;
-    let pos_logit = ((pos.to_kind(Kind::Float) - margin) / tau).unsqueeze(1);
-    let logits = Tensor::cat(&[pos_logit, neg.to_kind(Kind::Float) / tau], 1);
+    // Half-precision similarities (autocast) are promoted: the loss is float32 or float64.
+    let kind = if pos.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
+    let pos_logit = ((pos.to_kind(kind) - margin) / tau).unsqueeze(1);
+    let logits = Tensor::cat(&[pos_logit, neg.to_kind(kind) / tau], 1);
     let per_query = logits.logsumexp(1, false) - logits.select(1, 0);
-    let loss = per_query.mean(Kind::Float);
+    let loss = per_query.mean(kind);
     Ok(InfoNceOutput {
         per_query,
         loss,

@@ -65,7 +65,9 @@ fn check_k(k: usize, available: usize, batch: usize) -> Result<()> {
     if k == 0 || k > available {
         return Err(Error::config(
             "k_negatives",
-            format!("{k} (must be between 1 and {available}: the other keys of a batch of {batch})"),
+            format!(
+                "{k} (must be between 1 and {available}: the other keys of a batch of {batch})"
+            ),
         ));
     }
     Ok(())

@@ -22,7 +22,10 @@ impl CorrelatedGaussians {
     /// The distribution whose mutual information is `mi` nats: `ρ = √(1 − e^{−2I/d})`.
     pub fn with_mi(mi: f64, dim: usize) -> Result<Self> {
         if !(mi.is_finite() && mi >= 0.0) {
-            return Err(Error::config("mi", format!("{mi} (must be a finite number ≥ 0)")));
+            return Err(Error::config(
+                "mi",
+                format!("{mi} (must be a finite number ≥ 0)"),
+            ));
         }
         if dim == 0 {
             return Err(Error::config("dim", "0 (must be ≥ 1)"));
@@ -74,6 +77,10 @@ mod tests {
         let var_y = y.var(true).double_value(&[]);
         let corr = (&x * &y).mean(tch::Kind::Float).double_value(&[]);
         assert!((var_y - 1.0).abs() < 0.02, "var(y) = {var_y}");
-        assert!((corr - g.rho).abs() < 0.02, "E[xy] = {corr}, rho = {}", g.rho);
+        assert!(
+            (corr - g.rho).abs() < 0.02,
+            "E[xy] = {corr}, rho = {}",
+            g.rho
+        );
     }
 }

@@ -119,7 +119,8 @@ pub fn write_outputs(
     wall_seconds: f64,
 ) -> Result<()> {
     let paper = |r: &RunResult| paper_value(r.spec.estimator, r.spec.true_mi, r.spec.k, cfg.alpha);
-    let mut csv = String::from("estimator,true_mi,k,estimate,estimate_std,paper,alpha,ms_per_step\n");
+    let mut csv =
+        String::from("estimator,true_mi,k,estimate,estimate_std,paper,alpha,ms_per_step\n");
     for r in results {
         let alpha = match r.spec.estimator {
             Estimator::InfoNce => String::new(),
@@ -156,7 +157,12 @@ pub fn write_outputs(
     let text = serde_json::to_string_pretty(&json).expect("plain data serialises");
     atomic_write(&out.join("table5.json"), text.as_bytes())?;
 
-    write_png(&out.join("table5.png"), &panels(cfg, results), 3, (520, 400))
+    write_png(
+        &out.join("table5.png"),
+        &panels(cfg, results),
+        3,
+        (520, 400),
+    )
 }
 
 fn log2_ticks(v: f64) -> String {
