@@ -45,7 +45,8 @@ pub struct Panel {
     pub x_label: String,
     /// Label of the y axis.
     pub y_label: String,
-    /// Formats x tick values (e.g. `2^v` for a log2 axis); plain numbers if `None`.
+    /// Formats x tick values (e.g. `2^v` for a log2 axis; an empty string
+    /// hides a tick's label); plain numbers if `None`.
     pub x_ticks: Option<fn(f64) -> String>,
     /// The curves.
     pub series: Vec<Series>,
@@ -85,6 +86,8 @@ where
     let points = || panel.series.iter().flat_map(|s| s.points.iter());
     let (x0, x1) = range(points().map(|p| p.0));
     let (y0, y1) = range(points().map(|p| p.1));
+    // Headroom above the curves for the legend.
+    let y1 = y1 + 0.6 * (y1 - y0);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 20))
         .margin(10)
@@ -96,14 +99,18 @@ where
         Some(f) => f(*v),
         None => format!("{v}"),
     };
-    chart
-        .configure_mesh()
-        .x_desc(&panel.x_label)
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(&panel.x_label)
         .y_desc(&panel.y_label)
         .x_label_formatter(&x_fmt)
         .light_line_style(RGBColor(235, 235, 235))
-        .draw()
-        .map_err(err)?;
+        .y_max_light_lines(1);
+    if panel.x_ticks.is_some() {
+        // Many candidate ticks, so that the ones the formatter labels exist;
+        // no vertical grid lines for the unlabelled ones.
+        mesh.x_labels(40).disable_x_mesh();
+    }
+    mesh.draw().map_err(err)?;
     for s in &panel.series {
         let color = RGBColor(s.color.0, s.color.1, s.color.2);
         let pts = s.points.iter().copied();
@@ -137,7 +144,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(180, 180, 180))
         .label_font(("sans-serif", 13))

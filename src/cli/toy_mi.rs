@@ -126,14 +126,25 @@ pub fn run(args: ToyMiArgs) -> anyhow::Result<()> {
     );
     let start = Instant::now();
     let results = run_all(&cfg, &specs, threads, device, |r| {
-        bar.set_message(format!(
-            "last: {} MI={} K={} → {:.2}",
+        let done = format!(
+            "{} MI={} K={} → {:.2}",
             r.spec.estimator.label(),
             r.spec.true_mi,
             r.spec.k,
             r.estimate
-        ));
+        );
         bar.inc(1);
+        if bar.is_hidden() {
+            // No terminal (a log file, CI): one line per finished run instead.
+            eprintln!(
+                "[{}/{}] {done} ({:.0} s)",
+                bar.position(),
+                specs.len(),
+                start.elapsed().as_secs_f64()
+            );
+        } else {
+            bar.set_message(format!("last: {done}"));
+        }
     })?;
     bar.finish_and_clear();
     let wall = start.elapsed().as_secs_f64();

@@ -165,8 +165,13 @@ pub fn write_outputs(
     )
 }
 
+/// Labels the integer ticks of a log2 axis with their power of two.
 fn log2_ticks(v: f64) -> String {
-    format!("{:.0}", v.exp2())
+    if (v - v.round()).abs() < 1e-6 {
+        format!("{:.0}", v.round().exp2())
+    } else {
+        String::new()
+    }
 }
 
 /// One panel per true MI: both estimators against log2 K, the paper's values,
