@@ -18,3 +18,20 @@ if [ "$have" != "$TORCH_VERSION" ]; then
     echo "setup: installing torch==$TORCH_VERSION into $VIRTUAL_ENV (about 4.7 GB, a few minutes)"
     "$VIRTUAL_ENV/bin/pip" install --quiet --no-input --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
+
+# Fashion-MNIST, the default dataset, from the Debian package (MIT licence).
+FMNIST=/usr/share/datasets/fashion-mnist
+if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "setup: installing the Debian package dataset-fashion-mnist"
+        (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
+            { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }) ||
+            echo "setup: warning: could not install dataset-fashion-mnist" >&2
+    elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
+        echo "setup: installing the Debian package dataset-fashion-mnist (sudo)"
+        sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null ||
+            echo "setup: warning: could not install dataset-fashion-mnist" >&2
+    else
+        echo "setup: warning: Fashion-MNIST is missing; install the Debian package dataset-fashion-mnist" >&2
+    fi
+fi

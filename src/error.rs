@@ -36,9 +36,20 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A data file is missing, truncated or malformed; `path` names it.
+    #[error("{}: {message}", path.display())]
+    Data {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// Drawing a plot failed.
     #[error("plot: {0}")]
     Plot(String),
+    /// A bug or an unexpected state (a worker thread that died).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

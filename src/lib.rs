@@ -4,15 +4,19 @@
 //!
 //! - [`loss`]: InfoNCE with a margin (Eq. 1), the EqCo rule `m = τ·ln(α/K)`
 //!   (Eq. 5), negative selection, MI bound and gradient-norm diagnostics.
+//! - [`data`]: datasets (IDX, CIFAR, STL-10, ImageFolder), augmentations and
+//!   the two-view loader.
 //! - [`toy`]: the mutual-information experiment on correlated Gaussians (Table 5).
 //! - [`cli`]: the `eqco` command line.
 
 pub mod cli;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod io;
 pub mod loss;
 pub mod plot;
+pub mod seed;
 pub mod toy;
 
 pub use error::{Error, Result};

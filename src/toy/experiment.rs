@@ -14,6 +14,7 @@ use tch::{nn, Device};
 use super::{CorrelatedGaussians, SeparableCritic};
 use crate::error::{Error, Result};
 use crate::loss::{info_nce_from_similarities, split_diagonal, LossConfig};
+use crate::seed::splitmix64;
 
 /// The estimator a critic is trained and evaluated with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -117,15 +118,8 @@ impl RunSpec {
     /// start from the same critic and see the same batches.
     pub fn seed(&self, base: u64) -> u64 {
         let cell = ((self.true_mi * 1000.0).round() as u64) << 32 | self.k as u64;
-        splitmix(base ^ splitmix(cell))
+        splitmix64(base ^ splitmix64(cell))
     }
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// What one run measured.

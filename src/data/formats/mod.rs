@@ -1,0 +1,91 @@
+//! Readers for the dataset formats, and format detection.
+//!
+//! Every reader checks magic numbers, sizes and label ranges, and names the
+//! file and what is wrong with it when something does not fit.
+
+pub mod cifar;
+pub mod folder;
+pub mod idx;
+pub mod stl10;
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use super::dataset::bad_file;
+use super::Format;
+use crate::error::{Error, Result};
+
+/// Guesses the format of the dataset at `path` from the files it holds:
+/// IDX (`train-images-idx3-ubyte[.gz]`), CIFAR-10 (`data_batch_1.bin`),
+/// CIFAR-100 (`train.bin` + `fine_label_names.txt`, or `train.bin`/`test.bin`
+/// alone), STL-10 (`train_X.bin`, `unlabeled_X.bin`), else ImageFolder.
+pub fn detect(path: &Path) -> Result<Format> {
+    if !path.exists() {
+        return Err(bad_file(path, "no such file or folder"));
+    }
+    if !path.is_dir() {
+        return Err(bad_file(
+            path,
+            "expected a dataset folder (IDX, CIFAR, STL-10 or ImageFolder layout)",
+        ));
+    }
+    let has = |name: &str| path.join(name).is_file();
+    let idx = ["train", "t10k"].iter().any(|p| {
+        has(&format!("{p}-images-idx3-ubyte")) || has(&format!("{p}-images-idx3-ubyte.gz"))
+    });
+    Ok(if idx {
+        Format::Idx
+    } else if has("data_batch_1.bin") || has("test_batch.bin") {
+        Format::Cifar10
+    } else if has("train_X.bin") || has("test_X.bin") || has("unlabeled_X.bin") {
+        Format::Stl10
+    } else if has("train.bin") || has("test.bin") {
+        Format::Cifar100
+    } else {
+        Format::ImageFolder
+    })
+}
+
+/// Reads a whole file, gunzipping it when it starts with the gzip magic number.
+pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = fs::read(path).map_err(|e| Error::io(path, e))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| bad_file(path, format!("corrupt gzip data: {e}")))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Class names, one per non-empty line of `path`, or `default` when it is absent.
+pub(crate) fn class_names(path: &Path, default: &[&str]) -> Result<Vec<String>> {
+    if !path.exists() {
+        return Ok(default.iter().map(|s| s.to_string()).collect());
+    }
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// Checks that every label is below the number of classes.
+pub(crate) fn check_labels(path: &Path, labels: &[u16], n_classes: usize) -> Result<()> {
+    if let Some((i, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= n_classes)
+    {
+        return Err(bad_file(
+            path,
+            format!("label {l} of record {i} is out of range (there are {n_classes} classes)"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! Data: datasets in their file formats, contrastive augmentations, and a
+//! two-view loader that feeds tch tensors.
+//!
+//! Data flows one way: a [`Dataset`] yields [`Image`]s, an augmentation
+//! [`Recipe`] turns each into two views, and the [`Loader`] batches them
+//! into tensors on the training device.
+
+pub mod augment;
+pub mod dataset;
+pub mod formats;
+pub mod image;
+pub mod loader;
+
+pub use augment::{Normalize, Recipe, RecipeName};
+pub use dataset::{Cifar100Labels, Dataset, Format, OpenOptions, Split};
+pub use image::Image;
+pub use loader::{Loader, LoaderConfig, TwoViewBatch};

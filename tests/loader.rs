@@ -1,0 +1,177 @@
+//! The two-view loader: shapes, per-epoch permutations, drop-last, labels
+//! aligned with indices, identical output for any thread count, errors.
+
+mod common;
+
+use std::sync::Arc;
+
+use eqco::data::{Dataset, Loader, LoaderConfig, Normalize, OpenOptions, Recipe, RecipeName};
+use tch::Tensor;
+
+fn cifar(n_per_batch: usize) -> (tempfile::TempDir, Arc<Dataset>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cifar");
+    common::write_cifar10(&dir, 1, n_per_batch);
+    let ds = Dataset::open(&dir, &OpenOptions::default()).unwrap();
+    (tmp, Arc::new(ds))
+}
+
+fn loader(ds: &Arc<Dataset>, batch: usize, threads: usize, seed: u64) -> Loader {
+    let recipe = Recipe::named(RecipeName::Mocov2, 24, 3, Normalize::imagenet()).unwrap();
+    let cfg = LoaderConfig {
+        batch_size: batch,
+        threads,
+        prefetch: 2,
+        seed,
+        ..Default::default()
+    };
+    Loader::new(ds.clone(), recipe, cfg).unwrap()
+}
+
+fn ints(t: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(t).unwrap()
+}
+
+#[test]
+fn batches_have_two_views_indices_and_labels() {
+    let (_tmp, ds) = cifar(23);
+    let l = loader(&ds, 5, 2, 0);
+    assert_eq!(
+        l.batches_per_epoch(),
+        4,
+        "drop-last: 23 images make 4 batches of 5"
+    );
+    let batches: Vec<_> = l.epoch(0).map(Result::unwrap).collect();
+    assert_eq!(batches.len(), 4);
+    let mut seen = Vec::new();
+    for b in &batches {
+        assert_eq!(b.view1.size(), vec![5, 3, 24, 24]);
+        assert_eq!(b.view2.size(), vec![5, 3, 24, 24]);
+        assert_eq!(b.view1.kind(), tch::Kind::Float);
+        let idx = ints(&b.indices);
+        let labels = ints(b.labels.as_ref().unwrap());
+        for (i, l) in idx.iter().zip(&labels) {
+            assert_eq!(Some(*l), ds.label(*i as usize), "label of image {i}");
+        }
+        assert!(
+            !b.view1.equal(&b.view2),
+            "the two views are independent draws"
+        );
+        seen.extend(idx);
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 20, "no image twice in an epoch");
+    assert_ne!(seen, (0..20).collect::<Vec<_>>(), "shuffled");
+}
+
+#[test]
+fn each_epoch_has_its_own_order() {
+    let (_tmp, ds) = cifar(40);
+    let l = loader(&ds, 8, 1, 3);
+    let e0 = l.order(0);
+    let e1 = l.order(1);
+    assert_ne!(e0, e1);
+    let mut s = e1.clone();
+    s.sort_unstable();
+    assert_eq!(s, (0..40).collect::<Vec<_>>());
+    assert_eq!(e0, loader(&ds, 8, 1, 3).order(0), "fixed by the seed");
+    assert_ne!(e0, loader(&ds, 8, 1, 4).order(0));
+}
+
+#[test]
+fn output_does_not_depend_on_the_thread_count() {
+    let (_tmp, ds) = cifar(30);
+    let collect = |threads| -> Vec<(Vec<i64>, Tensor, Tensor)> {
+        loader(&ds, 6, threads, 9)
+            .epoch(2)
+            .map(|b| {
+                let b = b.unwrap();
+                (ints(&b.indices), b.view1, b.view2)
+            })
+            .collect()
+    };
+    let one = collect(1);
+    for threads in [2, 3, 7] {
+        let many = collect(threads);
+        assert_eq!(one.len(), many.len());
+        for (a, b) in one.iter().zip(&many) {
+            assert_eq!(a.0, b.0);
+            assert!(a.1.equal(&b.1) && a.2.equal(&b.2), "threads = {threads}");
+        }
+    }
+    // Resuming mid-epoch gives the same batches as the uninterrupted epoch.
+    let l = loader(&ds, 6, 2, 9);
+    let tail: Vec<_> = l
+        .epoch_from(2, 3)
+        .map(|b| ints(&b.unwrap().indices))
+        .collect();
+    let full: Vec<_> = one.iter().skip(3).map(|b| b.0.clone()).collect();
+    assert_eq!(tail, full);
+}
+
+#[test]
+fn dropping_an_epoch_early_stops_its_workers() {
+    let (_tmp, ds) = cifar(50);
+    let l = loader(&ds, 2, 3, 0);
+    let mut epoch = l.epoch(0);
+    assert!(epoch.next().unwrap().is_ok());
+    drop(epoch); // Must not hang.
+}
+
+#[test]
+fn a_broken_image_stops_the_epoch_with_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("folder");
+    common::write_image_folder(&root);
+    std::fs::write(root.join("a_cls/zz_broken.png"), b"garbage").unwrap();
+    let ds = Arc::new(Dataset::open(&root, &OpenOptions::default()).unwrap());
+    let recipe = Recipe::named(RecipeName::Simclr, 16, 3, Normalize::imagenet()).unwrap();
+    let cfg = LoaderConfig {
+        batch_size: 6,
+        threads: 2,
+        ..Default::default()
+    };
+    let l = Loader::new(ds, recipe, cfg).unwrap();
+    let results: Vec<_> = l.epoch(0).collect();
+    assert_eq!(results.len(), 1);
+    let e = results[0].as_ref().unwrap_err().to_string();
+    assert!(e.contains("zz_broken.png"), "{e}");
+}
+
+#[test]
+fn impossible_configurations_name_the_field() {
+    let (_tmp, ds) = cifar(10);
+    let recipe = || Recipe::named(RecipeName::Eval, 32, 3, Normalize::imagenet()).unwrap();
+    let with = |cfg: LoaderConfig| {
+        Loader::new(ds.clone(), recipe(), cfg)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let e = with(LoaderConfig {
+        batch_size: 11,
+        ..Default::default()
+    });
+    assert!(e.contains("`batch_size`") && e.contains("10 images"), "{e}");
+    let e = with(LoaderConfig {
+        batch_size: 2,
+        threads: 0,
+        ..Default::default()
+    });
+    assert!(e.contains("`threads`"), "{e}");
+}
+
+#[test]
+fn views_match_what_the_batches_hold() {
+    let (_tmp, ds) = cifar(12);
+    let l = loader(&ds, 4, 2, 5);
+    let b = l.epoch(1).next().unwrap().unwrap();
+    let first = ints(&b.indices)[0] as usize;
+    let (v1, v2) = l.views(1, first).unwrap();
+    let got1 = Vec::<f32>::try_from(b.view1.get(0).flatten(0, -1)).unwrap();
+    let got2 = Vec::<f32>::try_from(b.view2.get(0).flatten(0, -1)).unwrap();
+    assert_eq!(v1, got1);
+    assert_eq!(v2, got2);
+}
