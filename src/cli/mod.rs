@@ -6,6 +6,7 @@
 //! failure of the work itself.
 
 pub mod bench;
+pub mod data;
 pub mod toy_mi;
 
 use std::path::PathBuf;
@@ -28,6 +29,12 @@ pub enum Command {
     /// bounds on correlated Gaussians of known MI, for several K.
     #[command(name = "toy-mi")]
     ToyMi(toy_mi::ToyMiArgs),
+    /// Datasets: inspect a dataset and its augmentations.
+    Data {
+        /// Which data command.
+        #[command(subcommand)]
+        which: data::DataCommand,
+    },
     /// Benchmarks that print figures and ratios against PyTorch.
     Bench {
         /// Which benchmark.
@@ -68,6 +75,7 @@ impl CommonArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::ToyMi(args) => toy_mi::run(args),
+        Command::Data { which } => data::run(which),
         Command::Bench { which } => bench::run(which),
     }
 }

@@ -127,6 +127,29 @@ impl Normalize {
         }
     }
 
+    /// The statistics for `dataset` with `channels` output channels: measured
+    /// on (up to 10,000 of) its images when they are in memory, ImageNet's
+    /// for an ImageFolder. Grayscale statistics are replicated for 3 output
+    /// channels; RGB ones are averaged for 1.
+    pub fn for_dataset(dataset: &super::Dataset, channels: u8) -> Self {
+        let (mean, std) = dataset.channel_stats(10_000).unwrap_or_else(|| {
+            let n = Normalize::imagenet();
+            let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect();
+            (widen(n.mean), widen(n.std))
+        });
+        let pick = |v: &[f64]| -> Vec<f32> {
+            let avg = (v.iter().sum::<f64>() / v.len() as f64) as f32;
+            match (v.len(), channels) {
+                (n, c) if n == c as usize => v.iter().map(|&x| x as f32).collect(),
+                _ => vec![avg; channels as usize],
+            }
+        };
+        Normalize {
+            mean: pick(&mean),
+            std: pick(&std),
+        }
+    }
+
     /// The same `mean`/`std` for each of `channels` channels (a grayscale
     /// dataset's statistics, replicated when its images are made RGB).
     pub fn uniform(mean: f32, std: f32, channels: u8) -> Self {

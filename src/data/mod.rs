@@ -10,6 +10,8 @@ pub mod dataset;
 pub mod formats;
 pub mod image;
 pub mod loader;
+pub mod preview;
+pub mod synthetic;
 
 pub use augment::{Normalize, Recipe, RecipeName};
 pub use dataset::{Cifar100Labels, Dataset, Format, OpenOptions, Split};

@@ -22,6 +22,13 @@ use crate::error::{Error, Result};
 /// alone), STL-10 (`train_X.bin`, `unlabeled_X.bin`), else ImageFolder.
 pub fn detect(path: &Path) -> Result<Format> {
     if !path.exists() {
+        if path == Path::new(idx::FASHION_MNIST_DEFAULT_DIR) {
+            return Err(bad_file(
+                path,
+                "Fashion-MNIST is not installed; install the Debian package with \
+                 `sudo apt-get install dataset-fashion-mnist` (or run scripts/setup.sh), or give a dataset path",
+            ));
+        }
         return Err(bad_file(path, "no such file or folder"));
     }
     if !path.is_dir() {
