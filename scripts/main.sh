@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The main job, from a fresh machine: set-up, release build, then the toy
-# mutual-information experiment (paper Table 5) at its full protocol.
-# Extra arguments go to `eqco toy-mi` (e.g. --threads 2 --out runs/toy).
+# The main job, from a fresh machine: set-up (venv with torch, Fashion-MNIST),
+# release build, then self-supervised pretraining with the default preset
+# (fmnist-simo: SiMo with EqCo on Fashion-MNIST, a few minutes on a CPU).
+# Extra arguments go to `eqco pretrain` (e.g. --set k_negatives=16 --out runs/k16).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 cargo build --release --locked
-exec target/release/eqco toy-mi --out runs/toy-mi "$@"
+out=runs/pretrain
+if [ -e "$out/metrics.jsonl" ]; then
+    out="runs/pretrain-$(date +%Y%m%d-%H%M%S)"
+fi
+exec target/release/eqco pretrain --out "$out" "$@"

@@ -15,8 +15,11 @@ pub mod device;
 pub mod error;
 pub mod io;
 pub mod loss;
+pub mod method;
+pub mod model;
 pub mod plot;
 pub mod seed;
 pub mod toy;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -166,7 +166,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         recipe.clone(),
         LoaderConfig {
             batch_size: 1,
-            seed: args.common.seed,
+            seed: args.common.seed.unwrap_or(0),
             ..Default::default()
         },
     )?;

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod pretrain;
 pub mod toy_mi;
 
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ pub enum Command {
     /// bounds on correlated Gaussians of known MI, for several K.
     #[command(name = "toy-mi")]
     ToyMi(toy_mi::ToyMiArgs),
+    /// Self-supervised pretraining (default: the fmnist-simo preset).
+    Pretrain(pretrain::PretrainArgs),
     /// Datasets: inspect a dataset and its augmentations.
     Data {
         /// Which data command.
@@ -49,9 +52,9 @@ pub struct CommonArgs {
     /// Output folder (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Base random seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Base random seed [default: 0, or the configuration's].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// CPU threads to use (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -75,6 +78,7 @@ impl CommonArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::ToyMi(args) => toy_mi::run(args),
+        Command::Pretrain(args) => pretrain::run(args),
         Command::Data { which } => data::run(which),
         Command::Bench { which } => bench::run(which),
     }

@@ -50,7 +50,7 @@ impl ToyMiArgs {
             steps: self.steps.unwrap_or(if q { 300 } else { 5000 }),
             eval_batches: self.eval_batches.unwrap_or(if q { 50 } else { 1000 }),
             alpha: self.alpha,
-            seed: self.common.seed,
+            seed: self.common.seed.unwrap_or(0),
             ..ToyConfig::default()
         };
         let map_field = |e: crate::Error| match e {

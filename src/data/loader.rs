@@ -78,21 +78,40 @@ pub struct Loader {
     dataset: Arc<Dataset>,
     recipe: Arc<Recipe>,
     cfg: LoaderConfig,
+    /// The images an epoch visits (all, or a subset).
+    images: Vec<usize>,
 }
 
 impl Loader {
     /// A loader over `dataset` with `recipe`; checks the configuration.
     pub fn new(dataset: Arc<Dataset>, recipe: Recipe, cfg: LoaderConfig) -> Result<Loader> {
+        let all = (0..dataset.len()).collect();
+        Self::with_images(dataset, recipe, cfg, all)
+    }
+
+    /// A loader over the images `images` of `dataset` only (a subset).
+    pub fn with_images(
+        dataset: Arc<Dataset>,
+        recipe: Recipe,
+        cfg: LoaderConfig,
+        images: Vec<usize>,
+    ) -> Result<Loader> {
+        if let Some(&bad) = images.iter().find(|&&i| i >= dataset.len()) {
+            return Err(Error::Internal(format!(
+                "image index {bad} beyond the dataset's {}",
+                dataset.len()
+            )));
+        }
         if cfg.batch_size == 0 {
             return Err(Error::config("batch_size", "0 (must be ≥ 1)"));
         }
-        if cfg.drop_last && cfg.batch_size > dataset.len() {
+        if cfg.drop_last && cfg.batch_size > images.len() {
             return Err(Error::config(
                 "batch_size",
                 format!(
                     "{} is larger than the dataset ({} images at {}), so no full batch can be made",
                     cfg.batch_size,
-                    dataset.len(),
+                    images.len(),
                     dataset.source.display()
                 ),
             ));
@@ -107,6 +126,7 @@ impl Loader {
             dataset,
             recipe: Arc::new(recipe),
             cfg,
+            images,
         })
     }
 
@@ -122,7 +142,7 @@ impl Loader {
 
     /// Batches in one epoch.
     pub fn batches_per_epoch(&self) -> usize {
-        let n = self.dataset.len();
+        let n = self.images.len();
         if self.cfg.drop_last {
             n / self.cfg.batch_size
         } else {
@@ -130,9 +150,19 @@ impl Loader {
         }
     }
 
+    /// The images an epoch visits.
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    /// Whether an epoch visits no image.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
     /// The order in which epoch `epoch` visits the images.
     pub fn order(&self, epoch: u64) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.dataset.len()).collect();
+        let mut order = self.images.clone();
         if self.cfg.shuffle {
             let mut rng = ChaCha8Rng::seed_from_u64(derive(self.cfg.seed, &[SHUFFLE, epoch]));
             order.shuffle(&mut rng);

@@ -23,13 +23,23 @@ pub enum Negatives<'a> {
     Shared(&'a Tensor),
     /// `[N, K, D]`: K keys of its own for each query.
     PerQuery(&'a Tensor),
+    /// K of the keys `[M, D]` for each query, chosen by indices `idx: [N, K]`
+    /// (distinct within a row): in-batch negatives without copying keys.
+    Indexed {
+        /// The candidate keys `[M, D]`.
+        keys: &'a Tensor,
+        /// Row i lists the keys query i is contrasted with, `[N, K]` int64.
+        idx: &'a Tensor,
+    },
 }
 
 impl Negatives<'_> {
-    /// The key tensor, `[K, D]` or `[N, K, D]`.
+    /// The key tensor, `[K, D]`, `[N, K, D]` or `[M, D]`.
     pub fn keys(&self) -> &Tensor {
         match self {
-            Negatives::Shared(keys) | Negatives::PerQuery(keys) => keys,
+            Negatives::Shared(keys)
+            | Negatives::PerQuery(keys)
+            | Negatives::Indexed { keys, .. } => keys,
         }
     }
 
@@ -38,6 +48,7 @@ impl Negatives<'_> {
         match self {
             Negatives::Shared(keys) => q.matmul(&keys.tr()),
             Negatives::PerQuery(keys) => keys.bmm(&q.unsqueeze(2)).squeeze_dim(2),
+            Negatives::Indexed { keys, idx } => q.matmul(&keys.tr()).gather(1, idx, false),
         }
     }
 
@@ -46,6 +57,12 @@ impl Negatives<'_> {
         match self {
             Negatives::Shared(keys) => w.matmul(keys),
             Negatives::PerQuery(keys) => w.unsqueeze(1).bmm(keys).squeeze_dim(1),
+            Negatives::Indexed { keys, idx } => {
+                let (n, m) = (idx.size()[0], keys.size()[0]);
+                Tensor::zeros([n, m], (w.kind(), w.device()))
+                    .scatter(1, idx, w)
+                    .matmul(keys)
+            }
         }
     }
 
@@ -61,16 +78,28 @@ impl Negatives<'_> {
                 let ok = s.len() == 3 && s[0] == n && s[2] == d;
                 (s, ok)
             }
+            Negatives::Indexed { keys, idx } => {
+                let (s, i) = (keys.size(), idx.size());
+                let ok = s.len() == 2
+                    && s[1] == d
+                    && i.len() == 2
+                    && i[0] == n
+                    && idx.kind() == Kind::Int64;
+                (i, ok)
+            }
         };
         if !ok {
             return Err(Error::Shape {
                 context: "info_nce negatives",
                 message: format!(
-                    "got {shape:?}, expected [K, {d}] (shared) or [{n}, K, {d}] (per query)"
+                    "got {shape:?}, expected [K, {d}] (shared), [{n}, K, {d}] (per query) or int64 indices [{n}, K] into keys [M, {d}]"
                 ),
             });
         }
-        Ok(shape[shape.len() - 2])
+        Ok(match self {
+            Negatives::Indexed { .. } => shape[1],
+            _ => shape[shape.len() - 2],
+        })
     }
 }
 

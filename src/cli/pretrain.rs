@@ -1,0 +1,97 @@
+//! `eqco pretrain`: self-supervised pretraining from a preset or TOML file.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::CommonArgs;
+use crate::device::parse_device;
+use crate::error::Error;
+use crate::train::{pretrain, PretrainConfig, TrainOptions};
+
+/// Options of `eqco pretrain`.
+#[derive(Debug, Args)]
+pub struct PretrainArgs {
+    /// A preset name (fmnist-simo, fmnist-mocov2, fmnist-mocov1, fmnist-simclr,
+    /// simo, mocov2, mocov1, simclr) or a TOML file [default: fmnist-simo].
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Override one key, e.g. `--set k_negatives=16 --set alpha=none`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Continue the run in this folder from its latest checkpoint (with its
+    /// config.toml; `--set` may change keys such as max_steps or epochs).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+    pub resume: Option<PathBuf>,
+    /// Common options (`--seed` overrides the configuration's `seed`).
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Runs `eqco pretrain`.
+pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
+    let mut sets = args.sets.clone();
+    if let Some(seed) = args.common.seed {
+        sets.push(format!("seed={seed}"));
+    }
+    let (cfg, out, resume) = match &args.resume {
+        Some(run) => {
+            let path = run.join("config.toml");
+            if !path.is_file() {
+                return Err(Error::Data {
+                    path,
+                    message: "missing: is this a run folder written by `eqco pretrain`?".into(),
+                }
+                .into());
+            }
+            let cfg = PretrainConfig::load(Some(path.to_str().unwrap_or_default()), &sets)?;
+            (cfg, run.clone(), true)
+        }
+        None => {
+            let cfg = PretrainConfig::load(args.config.as_deref(), &sets)?;
+            let out = args
+                .common
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("runs/pretrain"));
+            (cfg, out, false)
+        }
+    };
+    if args.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    if !resume && out.join("metrics.jsonl").exists() {
+        return Err(Error::config(
+            "--out",
+            format!(
+                "{} already holds a run; continue it with --resume {0}, or choose another --out",
+                out.display()
+            ),
+        )
+        .into());
+    }
+    let device = parse_device(&args.common.device)?;
+    let opts = TrainOptions {
+        out: out.clone(),
+        resume,
+        device,
+        threads: args.common.threads()?,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let s = pretrain(&cfg, &opts)?;
+    println!(
+        "{} steps ({} epochs) in {:.1} s: final loss {:.4}, MI bound {:.4} (mean of the last 10 %: {:.4}), {:.0} img/s",
+        s.steps, s.epochs, s.wall_seconds, s.final_loss, s.final_mi_bound, s.mi_bound_last10pct, s.img_per_s
+    );
+    println!(
+        "wrote {0}/config.toml, {0}/metrics.jsonl, {0}/summary.json, {0}/plots/training.png, {1}",
+        out.display(),
+        s.checkpoint.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! SimCLR: both views through one encoder; each of the 2N embeddings is a
+//! query whose positive is the other view of its image and whose negatives
+//! are the other 2(N − 1) embeddings, or K of them drawn independently per
+//! query when K < 2(N − 1). The loss averages over all 2N queries, so it is
+//! symmetric in the two views.
+
+use std::collections::HashMap;
+
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::shared::{finish, step_rng};
+use super::{Method, StepOutput};
+use crate::error::Result;
+use crate::loss::{info_nce, negatives, LossConfig, Negatives};
+use crate::model::{Encoder, EncoderConfig};
+use crate::train::config::PretrainConfig;
+
+/// Seed stream of the negative samples.
+const NEGATIVES: u64 = 12;
+
+/// SimCLR with K in-batch negatives per query.
+pub struct SimClr {
+    vs: VarStore,
+    encoder: Encoder,
+    loss: LossConfig,
+    k: usize,
+    seed: u64,
+}
+
+impl SimClr {
+    /// SimCLR for encoder `enc` and the settings of `cfg`.
+    pub fn new(enc: &EncoderConfig, cfg: &PretrainConfig, device: Device) -> Result<SimClr> {
+        let vs = VarStore::new(device);
+        let encoder = Encoder::new(&vs.root(), enc)?;
+        Ok(SimClr {
+            vs,
+            encoder,
+            loss: cfg.loss(),
+            k: cfg.k(),
+            seed: cfg.seed,
+        })
+    }
+}
+
+impl Method for SimClr {
+    fn forward(&mut self, v1: &Tensor, v2: &Tensor, step: u64) -> Result<StepOutput> {
+        let n = v1.size()[0] as usize;
+        let z = self.encoder.embed(&Tensor::cat(&[v1, v2], 0), true);
+        let partner = |i: usize| (i + n) % (2 * n);
+        let pos_idx: Vec<i64> = (0..2 * n).map(|i| partner(i) as i64).collect();
+        let k_pos = z.index_select(0, &Tensor::from_slice(&pos_idx).to_device(z.device()));
+        let mut rng = step_rng(self.seed, NEGATIVES, step);
+        let idx = negatives::per_query(2 * n, 2 * n, self.k, |i| vec![i, partner(i)], &mut rng)?
+            .to_kind(Kind::Int64)
+            .to_device(z.device());
+        let negs = Negatives::Indexed {
+            keys: &z,
+            idx: &idx,
+        };
+        let out = info_nce(&z, &k_pos, negs, &self.loss)?;
+        Ok(finish(out, &k_pos, negs))
+    }
+
+    fn query(&self) -> &VarStore {
+        &self.vs
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn load_state(&mut self, _state: &HashMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
+}

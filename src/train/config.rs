@@ -1,0 +1,501 @@
+//! The pretraining configuration: one flat serde struct, presets as TOML
+//! files compiled in, `--set key=value` overrides, validated once at load.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::data::formats::idx::FASHION_MNIST_DEFAULT_DIR;
+use crate::data::{RecipeName, Split};
+use crate::error::{Error, Result};
+use crate::loss::LossConfig;
+use crate::model::{EncoderConfig, HeadKind, ResNetConfig, Stem};
+
+/// The frameworks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodName {
+    /// MoCo v2 without queue: momentum keys of the batch, a shared K-subset of negatives.
+    Simo,
+    /// MoCo v1: momentum encoder, queue, shuffle BN, linear head.
+    Mocov1,
+    /// MoCo v2: MoCo v1 with an MLP head and aug+.
+    Mocov2,
+    /// SimCLR: one encoder, in-batch negatives, symmetric loss.
+    Simclr,
+}
+
+/// The learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Half a cosine from the base rate to 0.
+    Cosine,
+    /// ×0.1 at each epoch of `lr_steps`.
+    Step,
+}
+
+/// Arithmetic precision of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 throughout.
+    Fp32,
+}
+
+/// Every pretraining setting; the keys of `config.toml`, of presets and of `--set`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainConfig {
+    /// `fashion-mnist` (the Debian package's files), or a format read from
+    /// `data_dir`: `auto`, `idx`, `cifar10`, `cifar100`, `stl10`, `imagefolder`.
+    pub dataset: String,
+    /// The dataset's folder (not needed for `fashion-mnist`).
+    pub data_dir: Option<PathBuf>,
+    /// The split trained on.
+    pub split: Split,
+    /// Train on a random subset of this many images (fixed by `seed`).
+    pub max_images: Option<usize>,
+    /// The framework.
+    pub method: MethodName,
+    /// `resnet10`, `resnet18`, `resnet34` or `resnet50`.
+    pub backbone: String,
+    /// Width multiplier of every layer.
+    pub width: f64,
+    /// `imagenet` or `small`.
+    pub stem: Stem,
+    /// Zero-initialise each residual block's last BN γ.
+    pub zero_init_residual: bool,
+    /// `linear`, `mlp` or `mlp-bn`.
+    pub head: HeadKind,
+    /// Hidden width of MLP heads [default: the backbone's feature width].
+    pub head_hidden: Option<i64>,
+    /// Embedding width.
+    pub embed_dim: i64,
+    /// Temperature τ.
+    pub tau: f64,
+    /// EqCo's α; absent (or `"none"`) for plain InfoNCE.
+    #[serde(
+        deserialize_with = "alpha_or_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub alpha: Option<f64>,
+    /// Negatives per query K (SiMo: ≤ N − 1, default N − 1; SimCLR: ≤ 2(N − 1),
+    /// default 2(N − 1); MoCo: the queue, set `queue_size`).
+    pub k_negatives: Option<usize>,
+    /// MoCo's queue length (its K).
+    pub queue_size: usize,
+    /// MoCo's shuffle BN: sub-batches with their own BN statistics.
+    pub shuffle_bn_groups: i64,
+    /// Images (queries) per batch N.
+    pub batch_size: usize,
+    /// Epochs.
+    pub epochs: usize,
+    /// Base learning rate at N = 256; the rate used is `lr × N / 256`.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Linear warm-up, in epochs (fractions allowed).
+    pub warmup_epochs: f64,
+    /// `cosine` or `step`.
+    pub schedule: Schedule,
+    /// Epochs at which a `step` schedule multiplies the rate by 0.1.
+    pub lr_steps: Vec<usize>,
+    /// Momentum m of the key encoder's moving average (0 = copy).
+    pub ema_momentum: f64,
+    /// Augmentation recipe: `mocov1`, `mocov2`, `simclr`.
+    pub augment: RecipeName,
+    /// Side of the views [default: the images' own side, 224 for ImageFolder].
+    pub image_size: Option<u32>,
+    /// Channels of the views: 1 keeps grayscale, 3 replicates it [default: the images' own].
+    pub channels: Option<u8>,
+    /// `fp32`.
+    pub precision: Precision,
+    /// Write a checkpoint every this many steps (0: only at epoch ends).
+    pub checkpoint_every: usize,
+    /// Stop after this many optimizer steps.
+    pub max_steps: Option<usize>,
+    /// Seed of initialisation, shuffling, augmentation and negative sampling.
+    pub seed: u64,
+    /// Data-loading worker threads [default: the `--threads` value].
+    pub loader_threads: Option<usize>,
+}
+
+fn alpha_or_none<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum A {
+        Num(f64),
+        Int(i64),
+        Text(String),
+    }
+    match A::deserialize(d)? {
+        A::Num(v) => Ok(Some(v)),
+        A::Int(v) => Ok(Some(v as f64)),
+        A::Text(s) if s.eq_ignore_ascii_case("none") => Ok(None),
+        A::Text(s) => Err(serde::de::Error::custom(format!(
+            "'{s}' is not a number or \"none\""
+        ))),
+    }
+}
+
+impl Default for PretrainConfig {
+    /// Neutral values for keys a preset or file leaves out: plain InfoNCE, K
+    /// the whole batch, no warm-up; a small ResNet-18 on Fashion-MNIST.
+    fn default() -> Self {
+        PretrainConfig {
+            dataset: "fashion-mnist".into(),
+            data_dir: None,
+            split: Split::Train,
+            max_images: None,
+            method: MethodName::Simo,
+            backbone: "resnet18".into(),
+            width: 1.0,
+            stem: Stem::Small,
+            zero_init_residual: false,
+            head: HeadKind::Mlp,
+            head_hidden: None,
+            embed_dim: 128,
+            tau: 0.2,
+            alpha: None,
+            k_negatives: None,
+            queue_size: 4096,
+            shuffle_bn_groups: 1,
+            batch_size: 256,
+            epochs: 1,
+            lr: 0.03,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            warmup_epochs: 0.0,
+            schedule: Schedule::Cosine,
+            lr_steps: Vec::new(),
+            ema_momentum: 0.999,
+            augment: RecipeName::Mocov2,
+            image_size: None,
+            channels: None,
+            precision: Precision::Fp32,
+            checkpoint_every: 0,
+            max_steps: None,
+            seed: 0,
+            loader_threads: None,
+        }
+    }
+}
+
+/// The presets compiled into the binary: `(name, TOML)`.
+pub const PRESETS: [(&str, &str); 8] = [
+    (
+        "fmnist-simo",
+        include_str!("../../presets/fmnist-simo.toml"),
+    ),
+    (
+        "fmnist-mocov2",
+        include_str!("../../presets/fmnist-mocov2.toml"),
+    ),
+    (
+        "fmnist-mocov1",
+        include_str!("../../presets/fmnist-mocov1.toml"),
+    ),
+    (
+        "fmnist-simclr",
+        include_str!("../../presets/fmnist-simclr.toml"),
+    ),
+    ("simo", include_str!("../../presets/simo.toml")),
+    ("mocov2", include_str!("../../presets/mocov2.toml")),
+    ("mocov1", include_str!("../../presets/mocov1.toml")),
+    ("simclr", include_str!("../../presets/simclr.toml")),
+];
+
+/// The default preset.
+pub const DEFAULT_PRESET: &str = "fmnist-simo";
+
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table> {
+    text.parse::<toml::Table>()
+        .map_err(|e| Error::config(origin, format!("not valid TOML: {}", e.message())))
+}
+
+/// The value of `--set key=value`: TOML if it parses (numbers, booleans,
+/// arrays, quoted strings), else the text as a string.
+fn parse_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+impl PretrainConfig {
+    /// Resolves `--config` (a preset name or a TOML file) and `--set key=value`
+    /// overrides, then validates. Errors name the key, file or preset.
+    pub fn load(config: Option<&str>, sets: &[String]) -> Result<PretrainConfig> {
+        let spec = config.unwrap_or(DEFAULT_PRESET);
+        let mut table = if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == spec) {
+            parse_table(text, &format!("preset {spec}"))?
+        } else if spec.ends_with(".toml") || Path::new(spec).is_file() {
+            let text = std::fs::read_to_string(spec).map_err(|e| Error::io(spec, e))?;
+            parse_table(&text, spec)?
+        } else {
+            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+            return Err(Error::config(
+                "--config",
+                format!(
+                    "unknown preset '{spec}' (presets: {}; or give a .toml file)",
+                    names.join(", ")
+                ),
+            ));
+        };
+        for set in sets {
+            let (key, value) = set
+                .split_once('=')
+                .ok_or_else(|| Error::config("--set", format!("'{set}' is not key=value")))?;
+            table.insert(key.trim().to_string(), parse_value(value.trim()));
+        }
+        let cfg: PretrainConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| config_error(&e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The resolved configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("plain data serialises")
+    }
+
+    /// The backbone's depth from `backbone` (`resnetNN`).
+    pub fn depth(&self) -> Result<usize> {
+        self.backbone
+            .strip_prefix("resnet")
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| {
+                Error::config(
+                    "backbone",
+                    format!(
+                        "'{}' (known: resnet10, resnet18, resnet34, resnet50)",
+                        self.backbone
+                    ),
+                )
+            })
+    }
+
+    /// The encoder, for `channels` input channels.
+    pub fn encoder(&self, channels: u8) -> Result<EncoderConfig> {
+        let resnet = ResNetConfig {
+            depth: self.depth()?,
+            width: self.width,
+            stem: self.stem,
+            in_channels: channels as i64,
+            zero_init_residual: self.zero_init_residual,
+        };
+        resnet.validate()?;
+        Ok(EncoderConfig {
+            resnet,
+            head: self.head,
+            head_hidden: self.head_hidden.unwrap_or_else(|| resnet.feature_dim()),
+            embed_dim: self.embed_dim,
+        })
+    }
+
+    /// The loss's τ and α.
+    pub fn loss(&self) -> LossConfig {
+        LossConfig {
+            tau: self.tau,
+            alpha: self.alpha,
+            margin: None,
+        }
+    }
+
+    /// The number of negatives per query K for this method and batch.
+    pub fn k(&self) -> usize {
+        let n = self.batch_size;
+        match self.method {
+            MethodName::Simo => self.k_negatives.unwrap_or(n.saturating_sub(1)),
+            MethodName::Simclr => self.k_negatives.unwrap_or(2 * n.saturating_sub(1)),
+            MethodName::Mocov1 | MethodName::Mocov2 => self.queue_size,
+        }
+    }
+
+    /// The learning rate at full schedule: `lr × N / 256` (the linear scaling rule, Sec. 2.2).
+    pub fn scaled_lr(&self) -> f64 {
+        self.lr * self.batch_size as f64 / 256.0
+    }
+
+    /// The dataset folder.
+    pub fn data_path(&self) -> Result<PathBuf> {
+        match (&self.data_dir, self.dataset.as_str()) {
+            (Some(dir), _) => Ok(dir.clone()),
+            (None, "fashion-mnist") => Ok(PathBuf::from(FASHION_MNIST_DEFAULT_DIR)),
+            (None, other) => Err(Error::config(
+                "data_dir",
+                format!("not set; dataset '{other}' is read from files you supply (--set data_dir=PATH)"),
+            )),
+        }
+    }
+
+    /// Checks every field once; the error names the first invalid key.
+    pub fn validate(&self) -> Result<()> {
+        let known = [
+            "fashion-mnist",
+            "auto",
+            "idx",
+            "cifar10",
+            "cifar100",
+            "stl10",
+            "imagefolder",
+        ];
+        if !known.contains(&self.dataset.as_str()) {
+            return Err(Error::config(
+                "dataset",
+                format!("'{}' (one of: {})", self.dataset, known.join(", ")),
+            ));
+        }
+        let n = self.batch_size;
+        if n < 2 {
+            return Err(Error::config(
+                "batch_size",
+                format!("{n} (must be ≥ 2: the other images are the negatives)"),
+            ));
+        }
+        if self.max_images == Some(0) {
+            return Err(Error::config("max_images", "0 (must be ≥ 1)"));
+        }
+        self.encoder(self.channels.unwrap_or(3))?;
+        if let Some(c) = self.channels {
+            if c != 1 && c != 3 {
+                return Err(Error::config("channels", format!("{c} (must be 1 or 3)")));
+            }
+        }
+        if self.embed_dim < 1 {
+            return Err(Error::config(
+                "embed_dim",
+                format!("{} (must be ≥ 1)", self.embed_dim),
+            ));
+        }
+        if matches!(self.head_hidden, Some(h) if h < 1) {
+            return Err(Error::config("head_hidden", "must be ≥ 1"));
+        }
+        self.loss().validate()?;
+        let k = self.k();
+        match self.method {
+            MethodName::Simo if k == 0 || k > n - 1 => {
+                return Err(Error::config(
+                    "k_negatives",
+                    format!("{k} (SiMo takes its negatives from the other keys of the batch: 1 to {} for batch_size {n})", n - 1),
+                ))
+            }
+            MethodName::Simclr if k == 0 || k > 2 * (n - 1) => {
+                return Err(Error::config(
+                    "k_negatives",
+                    format!("{k} (SimCLR has 2(N − 1) = {} in-batch negatives for batch_size {n})", 2 * (n - 1)),
+                ))
+            }
+            MethodName::Mocov1 | MethodName::Mocov2 => {
+                if self.queue_size == 0 {
+                    return Err(Error::config("queue_size", "0 (must be ≥ 1)"));
+                }
+                if matches!(self.k_negatives, Some(k) if k != self.queue_size) {
+                    return Err(Error::config(
+                        "k_negatives",
+                        format!(
+                            "{} differs from queue_size {}: MoCo's negatives are its queue, set queue_size instead",
+                            self.k_negatives.unwrap_or(0),
+                            self.queue_size
+                        ),
+                    ));
+                }
+                if self.shuffle_bn_groups < 1 || self.shuffle_bn_groups as usize > n / 2 {
+                    return Err(Error::config(
+                        "shuffle_bn_groups",
+                        format!("{} (1 to {}: each group needs at least 2 images for BN)", self.shuffle_bn_groups, n / 2),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if self.epochs == 0 {
+            return Err(Error::config("epochs", "0 (must be ≥ 1)"));
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.lr) {
+            return Err(Error::config("lr", format!("{} (must be > 0)", self.lr)));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::config(
+                "momentum",
+                format!("{} (must be in [0, 1))", self.momentum),
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::config(
+                "weight_decay",
+                format!("{} (must be ≥ 0)", self.weight_decay),
+            ));
+        }
+        if !(self.warmup_epochs.is_finite()
+            && self.warmup_epochs >= 0.0
+            && self.warmup_epochs < self.epochs as f64)
+        {
+            return Err(Error::config(
+                "warmup_epochs",
+                format!(
+                    "{} (must be in [0, epochs = {}))",
+                    self.warmup_epochs, self.epochs
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.ema_momentum) {
+            return Err(Error::config(
+                "ema_momentum",
+                format!("{} (must be in [0, 1])", self.ema_momentum),
+            ));
+        }
+        if self.schedule == Schedule::Step
+            && self.lr_steps.iter().any(|&e| e == 0 || e >= self.epochs)
+        {
+            return Err(Error::config(
+                "lr_steps",
+                format!(
+                    "{:?} (each must be an epoch in 1..{})",
+                    self.lr_steps, self.epochs
+                ),
+            ));
+        }
+        if self.augment == RecipeName::Eval {
+            return Err(Error::config(
+                "augment",
+                "eval (pretraining needs a random recipe: mocov1, mocov2, simclr)",
+            ));
+        }
+        if self.image_size == Some(0) {
+            return Err(Error::config("image_size", "0 (must be ≥ 1)"));
+        }
+        if self.max_steps == Some(0) {
+            return Err(Error::config("max_steps", "0 (must be ≥ 1)"));
+        }
+        if self.loader_threads == Some(0) {
+            return Err(Error::config("loader_threads", "0 (must be ≥ 1)"));
+        }
+        Ok(())
+    }
+}
+
+/// A deserialisation error as a config error naming the key.
+fn config_error(e: &serde_path_to_error::Error<toml::de::Error>) -> Error {
+    let msg = e.inner().message().to_string();
+    // serde: "unknown field `foo`, expected one of …"
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let key = rest.split('`').next().unwrap_or("");
+        return Error::config(
+            key,
+            "unknown key (`eqco pretrain --print-config` lists every key)",
+        );
+    }
+    let path = e.path().to_string();
+    let key = if path.is_empty() || path == "." {
+        "config".to_string()
+    } else {
+        path
+    };
+    Error::config(key, msg)
+}

@@ -1,0 +1,100 @@
+//! `metrics.jsonl`: one JSON object per optimizer step.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Optimizer steps done, counting this one (1-based).
+    pub step: u64,
+    /// The epoch this step belongs to (0-based).
+    pub epoch: u64,
+    /// The batch's mean loss.
+    pub loss: f64,
+    /// Empirical MI lower bound `ln K + m/τ − L` (Eq. 4/6).
+    pub mi_bound: f64,
+    /// Mean over queries of `‖∂L_i/∂q_i‖` (Theorem 2).
+    pub grad_norm_q: f64,
+    /// The learning rate used for this step.
+    pub lr: f64,
+    /// Images per second over this step, data loading included.
+    pub img_per_s: f64,
+    /// Negatives per query.
+    pub k: u64,
+    /// kNN top-1 accuracy, on lines where the monitor ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_top1: Option<f64>,
+}
+
+/// Appends metrics lines, flushing each so that a crash loses nothing.
+pub struct MetricsWriter {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsWriter {
+    /// Opens `path` for appending; when resuming after `keep_through` steps,
+    /// first drops the lines of later steps (a crash may have left some).
+    pub fn open(path: &Path, keep_through: Option<u64>) -> Result<MetricsWriter> {
+        if let Some(last) = keep_through {
+            // Keep the lines as written: no re-serialisation of their numbers.
+            let text: String = read_lines(path)?
+                .into_iter()
+                .filter(|(_, m)| m.step <= last)
+                .map(|(line, _)| line + "\n")
+                .collect();
+            crate::io::atomic_write(path, text.as_bytes())?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(MetricsWriter {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Appends one line.
+    pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
+        let line = serde_json::to_string(m).expect("plain data") + "\n";
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Reads a `metrics.jsonl` (missing file: no lines); the error names the line.
+pub fn read(path: &Path) -> Result<Vec<StepMetrics>> {
+    Ok(read_lines(path)?.into_iter().map(|(_, m)| m).collect())
+}
+
+/// Each line of a `metrics.jsonl` with its parsed content.
+fn read_lines(path: &Path) -> Result<Vec<(String, StepMetrics)>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| Error::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let m = serde_json::from_str(&line).map_err(|e| Error::Data {
+            path: path.to_path_buf(),
+            message: format!("line {}: {e}", i + 1),
+        })?;
+        out.push((line, m));
+    }
+    Ok(out)
+}
