@@ -17,9 +17,11 @@ use crate::data::{
 };
 use crate::device::parse_device;
 use crate::toy::{self, Estimator, RunSpec, ToyConfig};
+use crate::train::PretrainConfig;
 
 const TOY_MI_SCRIPT: &str = include_str!("../../scripts/bench_toy_mi.py");
 const DATA_SCRIPT: &str = include_str!("../../scripts/bench_data.py");
+const TRAIN_SCRIPT: &str = include_str!("../../scripts/bench_train.py");
 
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
@@ -29,6 +31,46 @@ pub enum BenchCommand {
     ToyMi(BenchToyMiArgs),
     /// Images/s of the mocov2 two-view pipeline, eqco's loader vs torchvision + DataLoader.
     Data(BenchDataArgs),
+    /// Images/s of training steps for each method, eqco vs the same in PyTorch.
+    Train(BenchTrainArgs),
+}
+
+/// Options of `eqco bench train`.
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// Methods to time.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "simo,mocov2,simclr,mocov1"
+    )]
+    pub methods: Vec<String>,
+    /// Models: `resnet18-32` (small stem, 32×32, N = 256) and/or
+    /// `resnet50-224` (ImageNet stem, 224×224, N = 64).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "resnet18-32,resnet50-224"
+    )]
+    pub models: Vec<String>,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Override the batch size N of every model (a smoke test).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// CPU threads for both implementations [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// cpu, cuda or cuda:N (both implementations).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// The PyTorch side.
+    #[command(flatten)]
+    pub python: PythonArgs,
 }
 
 /// Where the PyTorch side runs.
@@ -133,6 +175,7 @@ pub fn run(which: BenchCommand) -> anyhow::Result<()> {
     match which {
         BenchCommand::ToyMi(args) => toy_mi(args),
         BenchCommand::Data(args) => data(args),
+        BenchCommand::Train(args) => train(args),
     }
 }
 
@@ -295,4 +338,161 @@ fn script_args(
     .into_iter()
     .flat_map(|(k, v)| [k.to_string(), v])
     .collect()
+}
+
+/// The configuration `eqco bench train` times for a method and model spec:
+/// `(config, image side, PyTorch script arguments)`.
+fn bench_config(
+    method: &str,
+    model: &str,
+    batch: Option<usize>,
+) -> anyhow::Result<(PretrainConfig, u32, Vec<String>)> {
+    let (backbone, stem, size, n) = match model {
+        "resnet18-32" => ("resnet18", "small", 32, 256),
+        "resnet50-224" => ("resnet50", "imagenet", 224, 64),
+        other => {
+            return Err(crate::Error::config(
+                "--models",
+                format!("'{other}' (resnet18-32 or resnet50-224)"),
+            )
+            .into())
+        }
+    };
+    if !["simo", "mocov1", "mocov2", "simclr"].contains(&method) {
+        return Err(crate::Error::config(
+            "--methods",
+            format!("'{method}' (simo, mocov1, mocov2, simclr)"),
+        )
+        .into());
+    }
+    let n = batch.unwrap_or(n);
+    let groups = (n / 32).max(1);
+    let mut sets = vec![
+        format!("backbone={backbone}"),
+        format!("stem={stem}"),
+        format!("batch_size={n}"),
+        "width=1.0".into(),
+        "channels=3".into(),
+        format!("image_size={size}"),
+        "queue_size=4096".into(),
+        format!("shuffle_bn_groups={groups}"),
+    ];
+    if method == "simo" {
+        sets.push(format!("k_negatives={}", n - 1));
+    }
+    let cfg = PretrainConfig::load(Some(method), &sets)?;
+    let mut script = vec![
+        "--method".to_string(),
+        method.to_string(),
+        "--arch".into(),
+        backbone.into(),
+        "--size".into(),
+        size.to_string(),
+        "--batch".into(),
+        n.to_string(),
+        "--queue".into(),
+        "4096".into(),
+        "--groups".into(),
+        groups.to_string(),
+    ];
+    if stem == "small" {
+        script.push("--small-stem".into());
+    }
+    Ok((cfg, size, script))
+}
+
+/// Waits for a GPU's queued work (timing is otherwise of launches only).
+fn sync(device: tch::Device) {
+    if let tch::Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Images (queries) per second of `steps` training steps on random images.
+fn time_steps(
+    cfg: &PretrainConfig,
+    size: u32,
+    device: tch::Device,
+    warmup: usize,
+    steps: usize,
+) -> anyhow::Result<f64> {
+    let mut method = crate::method::build(cfg, 3, device)?;
+    let mut sgd = crate::train::optim::Sgd::new(method.query(), cfg.momentum, cfg.weight_decay);
+    let n = cfg.batch_size as i64;
+    let s = size as i64;
+    let v1 = tch::Tensor::randn([n, 3, s, s], (tch::Kind::Float, device));
+    let v2 = tch::Tensor::randn([n, 3, s, s], (tch::Kind::Float, device));
+    let mut run = |step: u64| -> anyhow::Result<()> {
+        let out = method.forward(&v1, &v2, step)?;
+        sgd.zero_grad();
+        out.loss.backward();
+        sgd.step(0.03);
+        Ok(())
+    };
+    for i in 0..warmup {
+        run(i as u64)?;
+    }
+    sync(device);
+    let start = Instant::now();
+    for i in 0..steps {
+        run((warmup + i) as u64)?;
+    }
+    sync(device);
+    Ok(cfg.batch_size as f64 * steps as f64 / start.elapsed().as_secs_f64())
+}
+
+fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
+    positive("--steps", args.steps)?;
+    let device = parse_device(&args.device)?;
+    let threads = match args.threads {
+        Some(t) => {
+            positive("--threads", t)?;
+            t
+        }
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    tch::set_num_threads(threads as i32);
+    println!(
+        "bench train: {} warm-up + {} timed steps on random images, {threads} thread(s), {:?}",
+        args.warmup, args.steps, device
+    );
+    println!(
+        "  {:<14} {:<8} {:>5}  {:>10}  {:>10}  {:>6}",
+        "model", "method", "N", "eqco img/s", "PyTorch", "ratio"
+    );
+    for model in &args.models {
+        for method in &args.methods {
+            let (cfg, size, mut script) = bench_config(method, model, args.batch)?;
+            let ours = time_steps(&cfg, size, device, args.warmup, args.steps)?;
+            let theirs = if args.python.no_python {
+                None
+            } else {
+                script.extend([
+                    "--steps".to_string(),
+                    args.steps.to_string(),
+                    "--warmup".into(),
+                    args.warmup.to_string(),
+                    "--threads".into(),
+                    threads.to_string(),
+                    "--device".into(),
+                    match device {
+                        tch::Device::Cuda(i) => format!("cuda:{i}"),
+                        _ => "cpu".into(),
+                    },
+                ]);
+                let v = args.python.run("bench_train.py", TRAIN_SCRIPT, &script)?;
+                Some(v["img_per_s"].as_f64().context("no img_per_s")?)
+            };
+            let (t, r) = match theirs {
+                Some(t) => (format!("{t:10.1}"), format!("{:6.2}", ours / t)),
+                None => (format!("{:>10}", "-"), format!("{:>6}", "-")),
+            };
+            println!(
+                "  {model:<14} {method:<8} {:>5}  {ours:10.1}  {t}  {r}",
+                cfg.batch_size
+            );
+        }
+    }
+    println!("  (ratio = eqco / PyTorch; > 1 means eqco is faster)");
+    Ok(())
 }

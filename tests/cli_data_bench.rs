@@ -1,4 +1,4 @@
-//! `eqco data inspect` and `eqco bench data` end to end.
+//! `eqco data inspect`, `eqco bench data` and `eqco bench train` end to end.
 
 mod common;
 
@@ -138,4 +138,36 @@ fn bench_data_measures_our_loader() {
         let rate: f64 = r[3].parse().unwrap();
         assert!(rate > 0.0, "{stdout}");
     }
+}
+
+#[test]
+fn bench_train_times_every_method() {
+    let out = eqco(&[
+        "bench",
+        "train",
+        "--models",
+        "resnet18-32",
+        "--batch",
+        "8",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--no-python",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for m in ["simo", "mocov2", "simclr", "mocov1"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(m))
+            .unwrap_or_else(|| panic!("{m}: {stdout}"));
+        let rate: f64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+        assert!(rate > 0.0, "{line}");
+    }
+    let out = eqco(&["bench", "train", "--models", "resnet99-7", "--no-python"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--models"));
 }
