@@ -226,3 +226,33 @@ fn a_nan_loss_stops_the_run_and_keeps_what_was_written() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("already holds a run"));
 }
+
+#[test]
+fn report_summarises_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dirs = Vec::new();
+    for alpha in ["alpha=64", "alpha=none"] {
+        let cfg = tiny(
+            tmp.path(),
+            "fmnist-simo",
+            &["max_steps=3", "k_negatives=8", alpha],
+        );
+        let out = tmp.path().join(alpha);
+        pretrain(&cfg, &opts(&out, false)).unwrap();
+        dirs.push(out.to_str().unwrap().to_string());
+    }
+    let report = tmp.path().join("report");
+    let mut args = vec!["report", "--out", report.to_str().unwrap()];
+    args.extend(dirs.iter().map(String::as_str));
+    let o = eqco(&args);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains("| 8 | 64 | 3 |") && stdout.contains("| 8 | none | 3 |"),
+        "{stdout}"
+    );
+    assert!(report.join("report.png").is_file() && report.join("report.md").is_file());
+    let o = eqco(&["report", tmp.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("config.toml"));
+}

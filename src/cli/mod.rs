@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod data;
 pub mod pretrain;
+pub mod report;
 pub mod toy_mi;
 
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ pub enum Command {
     ToyMi(toy_mi::ToyMiArgs),
     /// Self-supervised pretraining (default: the fmnist-simo preset).
     Pretrain(pretrain::PretrainArgs),
+    /// A Markdown summary and plots of pretraining runs.
+    Report(report::ReportArgs),
     /// Datasets: inspect a dataset and its augmentations.
     Data {
         /// Which data command.
@@ -79,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::ToyMi(args) => toy_mi::run(args),
         Command::Pretrain(args) => pretrain::run(args),
+        Command::Report(args) => report::run(args),
         Command::Data { which } => data::run(which),
         Command::Bench { which } => bench::run(which),
     }
