@@ -118,18 +118,15 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let curves: Vec<_> = runs
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            let stroke = if r.cfg.alpha.is_some() {
+        .map(|(i, r)| plots::Curve {
+            label: r.label.clone(),
+            metrics: &r.metrics,
+            color: COLORS[i % COLORS.len()],
+            stroke: if r.cfg.alpha.is_some() {
                 Stroke::Solid
             } else {
                 Stroke::Dashed
-            };
-            (
-                r.label.clone(),
-                &r.metrics[..],
-                COLORS[i % COLORS.len()],
-                stroke,
-            )
+            },
         })
         .collect();
     let panels = plots::panels(&plots::TRAINING_FIELDS, &curves);

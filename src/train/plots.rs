@@ -32,11 +32,20 @@ pub fn smooth(metrics: &[StepMetrics], f: fn(&StepMetrics) -> f64) -> Vec<(f64, 
         .collect()
 }
 
-/// One panel per field, one curve per `(label, metrics, colour, stroke)`.
-pub fn panels(
-    fields: &[Field],
-    runs: &[(String, &[StepMetrics], (u8, u8, u8), Stroke)],
-) -> Vec<Panel> {
+/// One run's curves: its legend label, metrics, colour and stroke.
+pub struct Curve<'a> {
+    /// Legend text.
+    pub label: String,
+    /// The run's metrics.
+    pub metrics: &'a [StepMetrics],
+    /// RGB colour.
+    pub color: (u8, u8, u8),
+    /// How the curve is drawn.
+    pub stroke: Stroke,
+}
+
+/// One panel per field, one curve per run.
+pub fn panels(fields: &[Field], runs: &[Curve<'_>]) -> Vec<Panel> {
     fields
         .iter()
         .map(|(name, f)| Panel {
@@ -46,11 +55,11 @@ pub fn panels(
             x_ticks: None,
             series: runs
                 .iter()
-                .map(|(label, m, color, stroke)| Series {
-                    name: label.clone(),
-                    points: smooth(m, *f),
-                    color: *color,
-                    stroke: *stroke,
+                .map(|c| Series {
+                    name: c.label.clone(),
+                    points: smooth(c.metrics, *f),
+                    color: c.color,
+                    stroke: c.stroke,
                 })
                 .collect(),
         })
@@ -64,12 +73,12 @@ pub fn write(dir: &Path, metrics: &[StepMetrics]) -> Result<()> {
     }
     let mut fields = TRAINING_FIELDS.to_vec();
     fields.push(("learning rate", |m| m.lr));
-    let runs = [(
-        "this run".to_string(),
+    let runs = [Curve {
+        label: "this run".into(),
         metrics,
-        (31, 119, 180),
-        Stroke::Thin,
-    )];
+        color: (31, 119, 180),
+        stroke: Stroke::Thin,
+    }];
     write_png(
         &dir.join("training.png"),
         &panels(&fields, &runs),
