@@ -1,4 +1,5 @@
-//! Makes the `eqco` binary find libtorch without any exported library path.
+//! Makes the `eqco` binary find libtorch without any exported library path,
+//! and compiles the small C++ shim in `csrc/`.
 //!
 //! torch-sys publishes the directory it linked against as `DEP_TCH_LIBTORCH_LIB`
 //! (its `links = "tch"` metadata). We bake that directory into the binaries as an
@@ -9,11 +10,30 @@ use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
+    let lib = Path::new(&lib_dir);
+    // libtorch's headers sit beside its lib folder (torch/include in a wheel).
+    let include = lib
+        .parent()
+        .map(|p| p.join("include"))
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| {
+            panic!("libtorch's headers are not beside {lib_dir} (expected ../include)")
+        });
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/autocast.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .compile("eqco_shim");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
-    if Path::new(&lib_dir).join("libtorch_cuda.so").exists() {
+    if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");

@@ -52,6 +52,7 @@ def main():
     ap.add_argument("--k", type=int, default=0)
     ap.add_argument("--alpha", type=float, default=256.0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="CUDA autocast with bfloat16")
     a = ap.parse_args()
     dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
@@ -77,6 +78,16 @@ def main():
                 pk.mul_(m).add_(pq, alpha=1 - m)
 
     def step():
+        if a.bf16:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = forward()
+        else:
+            loss = forward()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def forward():
         nonlocal queue, ptr
         if a.method == "simo":
             q = F.normalize(enc(v1), dim=1)
@@ -90,6 +101,7 @@ def main():
             neg = neg[:, torch.randperm(n - 1, device=dev)[:kk]]
             margin = math.log(a.alpha / kk)
             logits = torch.cat([(pos - margin).unsqueeze(1), neg], 1)
+            logits = logits.float()
             loss = (torch.logsumexp(logits, 1) - logits[:, 0]).mean()
         elif a.method in ("mocov1", "mocov2"):
             q = F.normalize(torch.cat([enc(c) for c in v1.chunk(a.groups)]), dim=1)
@@ -100,19 +112,17 @@ def main():
                 k = torch.cat([key(c) for c in v2[perm].chunk(a.groups)])[inv]
                 k = F.normalize(k, dim=1)
             logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.clone().t()], 1) / tau
-            loss = F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=dev))
+            loss = F.cross_entropy(logits.float(), torch.zeros(n, dtype=torch.long, device=dev))
             idx = (ar[:n] + ptr) % a.queue
-            queue[idx] = k
+            queue[idx] = k.to(queue.dtype)
             ptr = (ptr + n) % a.queue
         else:
             z = F.normalize(enc(torch.cat([v1, v2])), dim=1)
             s = z @ z.t() / tau
             s = s.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=dev), float("-inf"))
             target = (ar + n) % (2 * n)
-            loss = F.cross_entropy(s, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+            loss = F.cross_entropy(s.float(), target)
+        return loss
 
     def sync():
         if dev.type == "cuda":
@@ -126,7 +136,8 @@ def main():
         step()
     sync()
     elapsed = time.perf_counter() - start
-    print(json.dumps({"impl": "pytorch", "method": a.method, "arch": a.arch, "img_per_s": n * a.steps / elapsed}))
+    print(json.dumps({"impl": "pytorch", "method": a.method, "arch": a.arch, "bf16": a.bf16,
+                      "img_per_s": n * a.steps / elapsed}))
 
 
 if __name__ == "__main__":

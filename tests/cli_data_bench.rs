@@ -164,10 +164,15 @@ fn bench_train_times_every_method() {
             .lines()
             .find(|l| l.contains(m))
             .unwrap_or_else(|| panic!("{m}: {stdout}"));
-        let rate: f64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+        let rate: f64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
         assert!(rate > 0.0, "{line}");
     }
     let out = eqco(&["bench", "train", "--models", "resnet99-7", "--no-python"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--models"));
+    if !tch::Cuda::is_available() {
+        let out = eqco(&["bench", "train", "--precision", "bf16", "--no-python"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains("--precision"));
+    }
 }

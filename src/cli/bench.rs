@@ -68,6 +68,9 @@ pub struct BenchTrainArgs {
     /// cpu, cuda or cuda:N (both implementations).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Precisions to time: fp32, and bf16 (CUDA autocast, GPU only) [default: fp32; fp32,bf16 on a GPU].
+    #[arg(long, value_delimiter = ',')]
+    pub precision: Option<Vec<String>>,
     /// The PyTorch side.
     #[command(flatten)]
     pub python: PythonArgs,
@@ -413,6 +416,7 @@ fn time_steps(
     cfg: &PretrainConfig,
     size: u32,
     device: tch::Device,
+    bf16: bool,
     warmup: usize,
     steps: usize,
 ) -> anyhow::Result<f64> {
@@ -423,7 +427,7 @@ fn time_steps(
     let v1 = tch::Tensor::randn([n, 3, s, s], (tch::Kind::Float, device));
     let v2 = tch::Tensor::randn([n, 3, s, s], (tch::Kind::Float, device));
     let mut run = |step: u64| -> anyhow::Result<()> {
-        let out = method.forward(&v1, &v2, step)?;
+        let out = crate::device::autocast_bf16(bf16, device, || method.forward(&v1, &v2, step))?;
         sgd.zero_grad();
         out.loss.backward();
         sgd.step(0.03);
@@ -457,40 +461,73 @@ fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
         args.warmup, args.steps, device
     );
     println!(
-        "  {:<14} {:<8} {:>5}  {:>10}  {:>10}  {:>6}",
-        "model", "method", "N", "eqco img/s", "PyTorch", "ratio"
+        "  {:<14} {:<8} {:<5} {:>5}  {:>10}  {:>10}  {:>6}",
+        "model", "method", "prec", "N", "eqco img/s", "PyTorch", "ratio"
     );
+    let precisions = args.precision.clone().unwrap_or_else(|| {
+        if device.is_cuda() {
+            vec!["fp32".into(), "bf16".into()]
+        } else {
+            vec!["fp32".into()]
+        }
+    });
+    for p in &precisions {
+        match p.as_str() {
+            "fp32" => {}
+            "bf16" if device.is_cuda() => {}
+            "bf16" => {
+                return Err(crate::Error::config(
+                    "--precision",
+                    "bf16 (CUDA autocast) needs --device cuda",
+                )
+                .into())
+            }
+            other => {
+                return Err(crate::Error::config(
+                    "--precision",
+                    format!("'{other}' (fp32 or bf16)"),
+                )
+                .into())
+            }
+        }
+    }
     for model in &args.models {
         for method in &args.methods {
-            let (cfg, size, mut script) = bench_config(method, model, args.batch)?;
-            let ours = time_steps(&cfg, size, device, args.warmup, args.steps)?;
-            let theirs = if args.python.no_python {
-                None
-            } else {
-                script.extend([
-                    "--steps".to_string(),
-                    args.steps.to_string(),
-                    "--warmup".into(),
-                    args.warmup.to_string(),
-                    "--threads".into(),
-                    threads.to_string(),
-                    "--device".into(),
-                    match device {
-                        tch::Device::Cuda(i) => format!("cuda:{i}"),
-                        _ => "cpu".into(),
-                    },
-                ]);
-                let v = args.python.run("bench_train.py", TRAIN_SCRIPT, &script)?;
-                Some(v["img_per_s"].as_f64().context("no img_per_s")?)
-            };
-            let (t, r) = match theirs {
-                Some(t) => (format!("{t:10.1}"), format!("{:6.2}", ours / t)),
-                None => (format!("{:>10}", "-"), format!("{:>6}", "-")),
-            };
-            println!(
-                "  {model:<14} {method:<8} {:>5}  {ours:10.1}  {t}  {r}",
-                cfg.batch_size
-            );
+            for precision in &precisions {
+                let bf16 = precision == "bf16";
+                let (cfg, size, mut script) = bench_config(method, model, args.batch)?;
+                let ours = time_steps(&cfg, size, device, bf16, args.warmup, args.steps)?;
+                let theirs = if args.python.no_python {
+                    None
+                } else {
+                    script.extend([
+                        "--steps".to_string(),
+                        args.steps.to_string(),
+                        "--warmup".into(),
+                        args.warmup.to_string(),
+                        "--threads".into(),
+                        threads.to_string(),
+                        "--device".into(),
+                        match device {
+                            tch::Device::Cuda(i) => format!("cuda:{i}"),
+                            _ => "cpu".into(),
+                        },
+                    ]);
+                    if bf16 {
+                        script.push("--bf16".into());
+                    }
+                    let v = args.python.run("bench_train.py", TRAIN_SCRIPT, &script)?;
+                    Some(v["img_per_s"].as_f64().context("no img_per_s")?)
+                };
+                let (t, r) = match theirs {
+                    Some(t) => (format!("{t:10.1}"), format!("{:6.2}", ours / t)),
+                    None => (format!("{:>10}", "-"), format!("{:>6}", "-")),
+                };
+                println!(
+                    "  {model:<14} {method:<8} {precision:<5} {:>5}  {ours:10.1}  {t}  {r}",
+                    cfg.batch_size
+                );
+            }
         }
     }
     println!("  (ratio = eqco / PyTorch; > 1 means eqco is faster)");

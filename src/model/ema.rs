@@ -44,8 +44,8 @@ impl Ema {
     pub fn update(&self, m: f64) {
         tch::no_grad(|| {
             for (k, q) in &self.pairs {
-                let mut k = k.shallow_clone();
-                let _ = k.g_mul_scalar_(m).g_add_(&(q * (1.0 - m)));
+                // k + (1 − m)(q − k) = m·k + (1 − m)·q, in one pass.
+                let _ = k.shallow_clone().lerp_(q, 1.0 - m);
             }
         });
     }

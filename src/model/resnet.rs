@@ -129,10 +129,10 @@ fn basic_block(p: nn::Path, cin: i64, planes: i64, stride: i64, zero_gamma: bool
         let y = x
             .apply(&conv1)
             .apply_t(&bn1, train)
-            .relu()
+            .relu_()
             .apply(&conv2)
             .apply_t(&bn2, train);
-        (x.apply_t(&down, train) + y).relu()
+        (x.apply_t(&down, train) + y).relu_()
     })
 }
 
@@ -149,13 +149,13 @@ fn bottleneck(p: nn::Path, cin: i64, planes: i64, stride: i64, zero_gamma: bool)
         let y = x
             .apply(&conv1)
             .apply_t(&bn1, train)
-            .relu()
+            .relu_()
             .apply(&conv2)
             .apply_t(&bn2, train)
-            .relu()
+            .relu_()
             .apply(&conv3)
             .apply_t(&bn3, train);
-        (x.apply_t(&down, train) + y).relu()
+        (x.apply_t(&down, train) + y).relu_()
     })
 }
 
@@ -179,11 +179,15 @@ impl ResNet {
             Stem::Imagenet => body
                 .add(conv(p / "conv1", config.in_channels, stem_width, 7, 2))
                 .add(batch_norm2d(p / "bn1", stem_width, 1.0))
-                .add_fn(|x| x.relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)),
+                .add_fn(|x| {
+                    x.shallow_clone()
+                        .relu_()
+                        .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+                }),
             Stem::Small => body
                 .add(conv(p / "conv1", config.in_channels, stem_width, 3, 1))
                 .add(batch_norm2d(p / "bn1", stem_width, 1.0))
-                .add_fn(|x| x.relu()),
+                .add_fn(|x| x.shallow_clone().relu_()),
         };
         let mut cin = stem_width;
         for (stage, &n) in blocks.iter().enumerate() {

@@ -41,6 +41,8 @@ pub enum Schedule {
 pub enum Precision {
     /// float32 throughout.
     Fp32,
+    /// CUDA autocast with bfloat16 for the forward pass (mixed precision); CUDA only.
+    Bf16,
 }
 
 /// Every pretraining setting; the keys of `config.toml`, of presets and of `--set`.
@@ -111,7 +113,7 @@ pub struct PretrainConfig {
     pub image_size: Option<u32>,
     /// Channels of the views: 1 keeps grayscale, 3 replicates it [default: the images' own].
     pub channels: Option<u8>,
-    /// `fp32`.
+    /// `fp32`, or `bf16` (CUDA autocast, GPU only).
     pub precision: Precision,
     /// Write a checkpoint every this many steps (0: only at epoch ends).
     pub checkpoint_every: usize,

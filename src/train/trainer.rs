@@ -13,11 +13,12 @@ use serde::Serialize;
 use tch::Device;
 
 use super::checkpoint::{self, Position};
-use super::config::PretrainConfig;
+use super::config::{Precision, PretrainConfig};
 use super::metrics::{MetricsWriter, StepMetrics};
 use super::optim::Sgd;
 use super::schedule::learning_rate;
 use crate::data::{Dataset, Format, Loader, LoaderConfig, Normalize, OpenOptions, Recipe};
+use crate::device::autocast_bf16;
 use crate::error::{Error, Result};
 use crate::io::atomic_write;
 use crate::method::{self, shared::named};
@@ -112,6 +113,13 @@ pub fn training_images(cfg: &PretrainConfig, n: usize) -> Vec<usize> {
 /// Runs (or resumes) a pretraining run; returns its summary.
 pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     let start = Instant::now();
+    if cfg.precision == Precision::Bf16 && !opts.device.is_cuda() {
+        return Err(Error::config(
+            "precision",
+            "bf16 (CUDA autocast) needs --device cuda; use fp32 on the CPU",
+        ));
+    }
+    let bf16 = cfg.precision == Precision::Bf16;
     let out = &opts.out;
     crate::io::create_dir(out)?;
     let ckpt_dir = out.join("checkpoints");
@@ -251,7 +259,9 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             }
             let batch = batch?;
             let lr = learning_rate(cfg, pos.step as usize, steps_per_epoch);
-            let out = method.forward(&batch.view1, &batch.view2, pos.step)?;
+            let out = autocast_bf16(bf16, opts.device, || {
+                method.forward(&batch.view1, &batch.view2, pos.step)
+            })?;
             let loss = out.loss.double_value(&[]);
             if !loss.is_finite() {
                 return Err(Error::Numerical(format!(
