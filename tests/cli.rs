@@ -1,19 +1,11 @@
 //! The `eqco` binary end to end: toy-mi's outputs, determinism across thread
 //! counts, error messages and exit codes, and the benchmark.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn eqco(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_eqco"))
-        .args(args)
-        .output()
-        .expect("the eqco binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{eqco, text};
 
 /// `(estimator, true_mi, k) -> estimate` from a table5.csv.
 fn estimates(dir: &Path) -> Vec<(String, f64, usize, f64)> {

@@ -2,18 +2,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-fn eqco(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_eqco"))
-        .args(args)
-        .output()
-        .expect("the eqco binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{eqco, text};
 
 #[test]
 fn inspect_prints_a_summary_and_writes_the_grid() {

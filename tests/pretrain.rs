@@ -5,8 +5,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
+use common::eqco;
 use eqco::train::{metrics, pretrain, PretrainConfig, TrainOptions};
 use tch::Device;
 
@@ -124,13 +124,6 @@ fn resuming_reproduces_the_uninterrupted_run() {
             );
         }
     }
-}
-
-fn eqco(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_eqco"))
-        .args(args)
-        .output()
-        .expect("the eqco binary runs")
 }
 
 fn usage_error(args: &[&str], needle: &str) {

@@ -172,7 +172,7 @@ impl Dataset {
                 width,
                 height,
                 channels,
-            } => data.len() / (*width as usize * *height as usize * *channels as usize).max(1),
+            } => data.len() / bytes_per_image(*width, *height, *channels).max(1),
             Storage::Files { paths } => paths.len(),
         }
     }
@@ -204,7 +204,7 @@ impl Dataset {
                 height,
                 channels,
             } => {
-                let size = *width as usize * *height as usize * *channels as usize;
+                let size = bytes_per_image(*width, *height, *channels);
                 Ok(Image::new(
                     *width,
                     *height,
@@ -259,7 +259,7 @@ impl Dataset {
             return None;
         };
         let c = *channels as usize;
-        let size = *width as usize * *height as usize * c;
+        let size = bytes_per_image(*width, *height, *channels);
         let n = self.len();
         let step = n.div_ceil(max_images.max(1)).max(1);
         let (mut sum, mut sq, mut count) = (vec![0f64; c], vec![0f64; c], 0usize);
@@ -282,6 +282,11 @@ impl Dataset {
             .collect();
         Some((mean, std))
     }
+}
+
+/// Bytes of one `width × height × channels` image.
+fn bytes_per_image(width: u32, height: u32, channels: u8) -> usize {
+    width as usize * height as usize * channels as usize
 }
 
 /// A data error naming the file and what is wrong with it.

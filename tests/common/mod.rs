@@ -3,6 +3,20 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs the `eqco` binary with `args`.
+pub fn eqco(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_eqco"))
+        .args(args)
+        .output()
+        .expect("the eqco binary runs")
+}
+
+/// Bytes of a process's output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
 
 /// The pixel value the fixtures store at image `i`, row `y`, column `x`, channel `c`.
 pub fn pixel(i: usize, x: usize, y: usize, c: usize) -> u8 {
