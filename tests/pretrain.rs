@@ -124,6 +124,16 @@ fn resuming_reproduces_the_uninterrupted_run() {
             );
         }
     }
+    // A checkpoint does not load into another model.
+    let part = tmp.path().join("fmnist-simo-part");
+    let wider = tiny(tmp.path(), "fmnist-simo", &["epochs=3", "width=0.25"]);
+    let e = pretrain(&wider, &opts(&part, true))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("latest.safetensors") && e.contains("does not fit"),
+        "{e}"
+    );
 }
 
 fn usage_error(args: &[&str], needle: &str) {

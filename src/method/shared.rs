@@ -56,7 +56,7 @@ impl MomentumPair {
 
     /// Restores the key encoder from `key.<name>` entries.
     pub fn load_key_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
-        load_named("key.", &mut self.key_vs, state)
+        load_named("key.", &self.key_vs, state)
     }
 }
 
@@ -72,7 +72,7 @@ pub fn named(prefix: &str, vs: &VarStore) -> Vec<(String, Tensor)> {
 }
 
 /// Copies `prefix<name>` entries of `state` into the variables of `vs`.
-pub fn load_named(prefix: &str, vs: &mut VarStore, state: &HashMap<String, Tensor>) -> Result<()> {
+pub fn load_named(prefix: &str, vs: &VarStore, state: &HashMap<String, Tensor>) -> Result<()> {
     tch::no_grad(|| {
         for (name, mut var) in vs.variables() {
             let src = state

@@ -21,7 +21,7 @@ use crate::data::{Dataset, Format, Loader, LoaderConfig, Normalize, OpenOptions,
 use crate::device::autocast_bf16;
 use crate::error::{Error, Result};
 use crate::io::atomic_write;
-use crate::method::{self, shared::named};
+use crate::method::{self, shared::load_named, shared::named};
 use crate::seed::derive;
 
 /// How and where a run goes.
@@ -162,32 +162,17 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         batch: 0,
     };
     if opts.resume {
-        let (state, p) = checkpoint::load(&checkpoint::latest_path(&ckpt_dir))?;
-        let mut query = method.query().variables();
-        tch::no_grad(|| -> Result<()> {
-            for (name, var) in query.iter_mut() {
-                let src = state
-                    .get(&format!("query.{name}"))
-                    .ok_or_else(|| Error::Data {
-                        path: checkpoint::latest_path(&ckpt_dir),
-                        message: format!("no query.{name}: the checkpoint is of another model"),
-                    })?;
-                if src.size() != var.size() {
-                    return Err(Error::Data {
-                        path: checkpoint::latest_path(&ckpt_dir),
-                        message: format!(
-                            "query.{name} is {:?}, the model's {:?}",
-                            src.size(),
-                            var.size()
-                        ),
-                    });
-                }
-                var.copy_(src);
-            }
-            Ok(())
+        let latest = checkpoint::latest_path(&ckpt_dir);
+        let (state, p) = checkpoint::load(&latest)?;
+        let mut restore = || -> Result<()> {
+            load_named("query.", method.query(), &state)?;
+            method.load_state(&state)?;
+            sgd.load_state(&state)
+        };
+        restore().map_err(|e| Error::Data {
+            path: latest.clone(),
+            message: format!("does not fit this configuration: {e}"),
         })?;
-        method.load_state(&state)?;
-        sgd.load_state(&state)?;
         pos = p;
         eprintln!(
             "pretrain: resuming {} at step {} (epoch {}, batch {})",
