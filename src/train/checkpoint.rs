@@ -25,7 +25,7 @@ pub struct Position {
 
 /// The file of the checkpoint after `step` steps.
 pub fn step_path(dir: &Path, step: u64) -> PathBuf {
-    dir.join(format!("step-{step:07}.safetensors"))
+    dir.join(format!("step-{step}.safetensors"))
 }
 
 /// The newest checkpoint of a run.
