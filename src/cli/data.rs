@@ -72,12 +72,7 @@ impl DataArgs {
             channels,
             Normalize::for_dataset(dataset, channels),
         )
-        .map_err(|e| match e {
-            Error::Config { field, message } => {
-                Error::config(format!("--{}", field.replace('_', "-")), message)
-            }
-            other => other,
-        })
+        .map_err(super::as_flag)
     }
 }
 

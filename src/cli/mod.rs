@@ -88,6 +88,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A configuration error about `field` restated as one about the flag
+/// `--field` (for commands whose settings are flags, not config keys).
+pub fn as_flag(e: crate::Error) -> crate::Error {
+    match e {
+        crate::Error::Config { field, message } => {
+            crate::Error::config(format!("--{}", field.replace('_', "-")), message)
+        }
+        other => other,
+    }
+}
+
 /// The exit code for an error: 2 for usage or configuration, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     match err.downcast_ref::<crate::Error>() {

@@ -53,14 +53,7 @@ impl ToyMiArgs {
             seed: self.common.seed.unwrap_or(0),
             ..ToyConfig::default()
         };
-        let map_field = |e: crate::Error| match e {
-            crate::Error::Config { field, message } => crate::Error::Config {
-                field: format!("--{field}"),
-                message,
-            },
-            other => other,
-        };
-        cfg.validate().map_err(map_field)?;
+        cfg.validate().map_err(super::as_flag)?;
         let mis = self.mi.clone().unwrap_or_else(|| {
             if q {
                 vec![2.0, 6.0]
