@@ -13,6 +13,7 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod loss;
 pub mod method;

@@ -97,7 +97,7 @@ fn resuming_reproduces_the_uninterrupted_run() {
                 "shuffle_bn_groups=2",
             ],
             "fmnist-simclr" => &["epochs=2", "k_negatives=40"],
-            _ => &["epochs=2"],
+            _ => &["epochs=2", "knn_every=1", "knn_k=20"],
         };
         let cfg = tiny(tmp.path(), preset, extra);
         let full = tmp.path().join(format!("{preset}-full"));
@@ -114,11 +114,20 @@ fn resuming_reproduces_the_uninterrupted_run() {
         let a = metrics::read(&full.join("metrics.jsonl")).unwrap();
         let b = metrics::read(&part.join("metrics.jsonl")).unwrap();
         assert_eq!(a.len(), 12, "{preset}");
+        if preset == "fmnist-simo" {
+            // The kNN monitor ran at the end of each epoch, and only there.
+            let knn: Vec<_> = a
+                .iter()
+                .filter_map(|m| m.knn_top1.map(|v| (m.step, v)))
+                .collect();
+            assert_eq!(knn.iter().map(|p| p.0).collect::<Vec<_>>(), vec![6, 12]);
+            assert!(knn.iter().all(|p| (0.0..=1.0).contains(&p.1)));
+        }
         assert_eq!(a.len(), b.len(), "{preset}");
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(
-                (x.step, x.loss, x.mi_bound, x.grad_norm_q, x.lr),
-                (y.step, y.loss, y.mi_bound, y.grad_norm_q, y.lr),
+                (x.step, x.loss, x.mi_bound, x.grad_norm_q, x.lr, x.knn_top1),
+                (y.step, y.loss, y.mi_bound, y.grad_norm_q, y.lr, y.knn_top1),
                 "{preset} step {}",
                 x.step
             );

@@ -30,19 +30,23 @@ pub fn image(i: usize, w: u32, h: u32) -> RgbImage {
     })
 }
 
-/// A CIFAR-10 binary folder with `n` 32×32 images in `data_batch_1.bin`, labels `i % 10`.
+/// A CIFAR-10 binary folder: `n` 32×32 images in `data_batch_1.bin` and
+/// `n / 4` others in `test_batch.bin`, labels `i % 10`.
 pub fn write_cifar10(dir: &Path, n: usize) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut out = Vec::with_capacity(n * 3073);
-    for i in 0..n {
-        let img = image(i, 32, 32);
-        out.push((i % 10) as u8);
-        for c in 0..3 {
-            out.extend(img.pixels().map(|p| p.0[c]));
+    for (name, images) in [("data_batch_1.bin", 0..n), ("test_batch.bin", n..n + n / 4)] {
+        let mut out = Vec::with_capacity(images.len() * 3073);
+        for i in images {
+            let img = image(i, 32, 32);
+            out.push((i % 10) as u8);
+            for c in 0..3 {
+                out.extend(img.pixels().map(|p| p.0[c]));
+            }
         }
+        let path = dir.join(name);
+        std::fs::write(&path, out).map_err(|e| Error::io(&path, e))?;
     }
-    let path = dir.join("data_batch_1.bin");
-    std::fs::write(&path, out).map_err(|e| Error::io(&path, e))
+    Ok(())
 }
 
 /// An ImageFolder of `n` JPEG images (quality 90) of `w × h` in 10 classes.

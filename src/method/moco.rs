@@ -137,6 +137,10 @@ impl Method for Moco {
         &self.pair.query_vs
     }
 
+    fn backbone(&self) -> &crate::model::ResNet {
+        &self.pair.query.backbone
+    }
+
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut s = self.pair.key_state();
         s.push(("queue.keys".into(), self.queue.keys.shallow_clone()));

@@ -38,6 +38,9 @@ pub trait Method {
     /// evaluation and export read.
     fn query(&self) -> &VarStore;
 
+    /// The query encoder's backbone, for frozen features (kNN, linear probe).
+    fn backbone(&self) -> &crate::model::ResNet;
+
     /// State besides the query encoder (key encoder, queue), for checkpoints.
     fn state(&self) -> Vec<(String, Tensor)>;
 

@@ -66,6 +66,10 @@ impl Method for SimClr {
         &self.vs
     }
 
+    fn backbone(&self) -> &crate::model::ResNet {
+        &self.encoder.backbone
+    }
+
     fn state(&self) -> Vec<(String, Tensor)> {
         Vec::new()
     }

@@ -62,6 +62,10 @@ impl Method for Simo {
         &self.pair.query_vs
     }
 
+    fn backbone(&self) -> &crate::model::ResNet {
+        &self.pair.query.backbone
+    }
+
     fn state(&self) -> Vec<(String, Tensor)> {
         self.pair.key_state()
     }

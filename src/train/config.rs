@@ -117,6 +117,15 @@ pub struct PretrainConfig {
     pub precision: Precision,
     /// Write a checkpoint every this many steps (0: only at epoch ends).
     pub checkpoint_every: usize,
+    /// Run the kNN monitor every this many epochs (0: never); its top-1 goes
+    /// into `metrics.jsonl` as `knn_top1` on the epoch's last line.
+    pub knn_every: usize,
+    /// Neighbours k of the kNN monitor.
+    pub knn_k: i64,
+    /// Temperature of the kNN monitor's vote weights.
+    pub knn_tau: f64,
+    /// Training images in the kNN monitor's memory bank (a fixed subset).
+    pub knn_bank: usize,
     /// Stop after this many optimizer steps.
     pub max_steps: Option<usize>,
     /// Seed of initialisation, shuffling, augmentation and negative sampling.
@@ -179,6 +188,10 @@ impl Default for PretrainConfig {
             channels: None,
             precision: Precision::Fp32,
             checkpoint_every: 0,
+            knn_every: 0,
+            knn_k: 200,
+            knn_tau: 0.1,
+            knn_bank: 10_000,
             max_steps: None,
             seed: 0,
             loader_threads: None,
@@ -471,6 +484,24 @@ impl PretrainConfig {
         }
         if self.image_size == Some(0) {
             return Err(Error::config("image_size", "0 (must be ≥ 1)"));
+        }
+        if self.knn_k < 1 {
+            return Err(Error::config(
+                "knn_k",
+                format!("{} (must be ≥ 1)", self.knn_k),
+            ));
+        }
+        if !(self.knn_tau.is_finite() && self.knn_tau > 0.0) {
+            return Err(Error::config(
+                "knn_tau",
+                format!("{} (must be > 0)", self.knn_tau),
+            ));
+        }
+        if self.knn_every > 0 && self.knn_bank == 0 {
+            return Err(Error::config(
+                "knn_bank",
+                "0 (must be ≥ 1 when knn_every is set)",
+            ));
         }
         if self.max_steps == Some(0) {
             return Err(Error::config("max_steps", "0 (must be ≥ 1)"));

@@ -20,6 +20,7 @@ use super::schedule::learning_rate;
 use crate::data::{Dataset, Format, Loader, LoaderConfig, Normalize, OpenOptions, Recipe};
 use crate::device::autocast_bf16;
 use crate::error::{Error, Result};
+use crate::eval::{extract, knn_accuracy};
 use crate::io::atomic_write;
 use crate::method::{self, shared::load_named, shared::named};
 use crate::seed::derive;
@@ -152,6 +153,16 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         images,
     )?;
     let steps_per_epoch = loader.batches_per_epoch();
+    let monitor = if cfg.knn_every > 0 {
+        Some(KnnMonitor::new(
+            cfg,
+            &dataset,
+            loader.recipe(),
+            &training_images(cfg, dataset.len()),
+        )?)
+    } else {
+        None
+    };
     let total_steps = (cfg.epochs * steps_per_epoch).min(cfg.max_steps.unwrap_or(usize::MAX));
 
     let mut method = method::build(cfg, channels, opts.device)?;
@@ -263,6 +274,13 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
                 epoch,
                 batch: (first + b + 1) as u64,
             };
+            let epoch_done = first + b + 1 == steps_per_epoch;
+            let knn_top1 = match &monitor {
+                Some(mon) if epoch_done && (epoch + 1) % cfg.knn_every as u64 == 0 => {
+                    Some(mon.top1(method.backbone(), opts.device)?)
+                }
+                _ => None,
+            };
             let now = Instant::now();
             let m = StepMetrics {
                 step: pos.step,
@@ -273,7 +291,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
                 lr,
                 img_per_s: cfg.batch_size as f64 / now.duration_since(tick).as_secs_f64(),
                 k: k as u64,
-                knn_top1: None,
+                knn_top1,
             };
             tick = now;
             metrics.write(&m)?;
@@ -282,6 +300,14 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
                 "loss {:.3}  MI bound {:.3}  ‖∂L/∂q‖ {:.2}  lr {:.4}  {:.0} img/s",
                 m.loss, m.mi_bound, m.grad_norm_q, m.lr, m.img_per_s
             ));
+            if let Some(acc) = knn_top1 {
+                let line = format!("epoch {epoch}: kNN top-1 {:.2} %", 100.0 * acc);
+                if bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
+            }
             if !opts.progress && (pos.step % report_every == 0 || pos.step as usize == total_steps)
             {
                 eprintln!(
@@ -336,6 +362,72 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     let text = serde_json::to_string_pretty(&summary).expect("plain data");
     atomic_write(&out.join("summary.json"), text.as_bytes())?;
     Ok(summary)
+}
+
+/// The online kNN monitor: a fixed bank of training images and the test split.
+struct KnnMonitor {
+    train: Arc<Dataset>,
+    test: Dataset,
+    bank: Vec<usize>,
+    recipe: Recipe,
+    classes: i64,
+    k: i64,
+    tau: f64,
+}
+
+impl KnnMonitor {
+    fn new(
+        cfg: &PretrainConfig,
+        train: &Arc<Dataset>,
+        train_recipe: &Recipe,
+        images: &[usize],
+    ) -> Result<KnnMonitor> {
+        let test_cfg = PretrainConfig {
+            split: crate::data::Split::Test,
+            ..cfg.clone()
+        };
+        let test = open_dataset(&test_cfg)?;
+        if !train.has_labels() || !test.has_labels() {
+            return Err(Error::config(
+                "knn_every",
+                "the kNN monitor needs labelled train and test splits; this dataset has none (set knn_every = 0)",
+            ));
+        }
+        let recipe = Recipe::named(
+            crate::data::RecipeName::Eval,
+            train_recipe.size(),
+            train_recipe.channels,
+            train_recipe.normalize.clone(),
+        )?;
+        let step = images.len().div_ceil(cfg.knn_bank).max(1);
+        Ok(KnnMonitor {
+            train: train.clone(),
+            test,
+            bank: images.iter().copied().step_by(step).collect(),
+            recipe,
+            classes: train.classes.len() as i64,
+            k: cfg.knn_k,
+            tau: cfg.knn_tau,
+        })
+    }
+
+    /// Top-1 kNN accuracy of the current backbone on the test split.
+    fn top1(&self, backbone: &crate::model::ResNet, device: Device) -> Result<f64> {
+        let (bank, bank_labels) =
+            extract(backbone, &self.train, &self.recipe, &self.bank, 256, device)?;
+        let all: Vec<usize> = (0..self.test.len()).collect();
+        let (test, test_labels) = extract(backbone, &self.test, &self.recipe, &all, 256, device)?;
+        Ok(knn_accuracy(
+            &bank,
+            &bank_labels,
+            &test,
+            &test_labels,
+            self.classes,
+            self.k,
+            self.tau,
+        )?
+        .top1)
+    }
 }
 
 /// Reads a run's resolved configuration (`<run>/config.toml`).

@@ -1,0 +1,48 @@
+//! Frozen features: the backbone's pooled output, in inference mode (BN with
+//! its running statistics), on deterministic views (the `eval` recipe).
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::nn::ModuleT;
+use tch::{Device, Kind, Tensor};
+
+use crate::data::{Dataset, Recipe};
+use crate::error::Result;
+use crate::model::ResNet;
+
+/// L2-normalised features `[n, F]` and labels `[n]` (−1 where the dataset has
+/// none) of images `indices` of `dataset`, in batches of `batch`.
+pub fn extract(
+    backbone: &ResNet,
+    dataset: &Dataset,
+    recipe: &Recipe,
+    indices: &[usize],
+    batch: usize,
+    device: Device,
+) -> Result<(Tensor, Tensor)> {
+    let len = recipe.view_len();
+    let s = recipe.size() as i64;
+    let mut feats = Vec::new();
+    // The eval recipe draws nothing; the RNG only satisfies the interface.
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    for chunk in indices.chunks(batch.max(1)) {
+        let mut buf = vec![0f32; chunk.len() * len];
+        for (&i, out) in chunk.iter().zip(buf.chunks_exact_mut(len)) {
+            recipe.apply(&dataset.image(i)?, &mut rng, out)?;
+        }
+        let x = Tensor::from_slice(&buf)
+            .view([chunk.len() as i64, recipe.channels as i64, s, s])
+            .to_device(device);
+        let f = tch::no_grad(|| backbone.forward_t(&x, false));
+        let f = &f / f.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
+        feats.push(f.to_kind(Kind::Float));
+    }
+    let labels: Vec<i64> = indices
+        .iter()
+        .map(|&i| dataset.label(i).unwrap_or(-1))
+        .collect();
+    Ok((
+        Tensor::cat(&feats, 0),
+        Tensor::from_slice(&labels).to_device(device),
+    ))
+}
