@@ -268,3 +268,38 @@ fn report_summarises_runs() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("config.toml"));
 }
+
+#[test]
+fn eval_knn_scores_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny(tmp.path(), "fmnist-simo", &["max_steps=2"]);
+    let run = tmp.path().join("run");
+    pretrain(&cfg, &opts(&run, false)).unwrap();
+    let ckpt = run.join("checkpoints/latest.safetensors");
+    let out = tmp.path().join("eval");
+    let o = eqco(&[
+        "eval",
+        "knn",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--k",
+        "10",
+        "--threads",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("knn.json")).unwrap()).unwrap();
+    let top1 = json["top1"].as_f64().unwrap();
+    let top5 = json["top5"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1) && top5 >= top1, "{json}");
+    assert_eq!(json["test"], 48, "the fixture's test split");
+    // A checkpoint outside a run folder is an error naming config.toml.
+    let stray = tmp.path().join("stray.safetensors");
+    std::fs::copy(&ckpt, &stray).unwrap();
+    let o = eqco(&["eval", "knn", "--checkpoint", stray.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("config.toml"));
+}

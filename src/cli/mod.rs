@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod eval;
 pub mod pretrain;
 pub mod report;
 pub mod toy_mi;
@@ -33,6 +34,12 @@ pub enum Command {
     ToyMi(toy_mi::ToyMiArgs),
     /// Self-supervised pretraining (default: the fmnist-simo preset).
     Pretrain(pretrain::PretrainArgs),
+    /// Evaluation of a checkpoint's frozen backbone.
+    Eval {
+        /// Which evaluation.
+        #[command(subcommand)]
+        which: eval::EvalCommand,
+    },
     /// A Markdown summary and plots of pretraining runs.
     Report(report::ReportArgs),
     /// Datasets: inspect a dataset and its augmentations.
@@ -83,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ToyMi(args) => toy_mi::run(args),
         Command::Pretrain(args) => pretrain::run(args),
         Command::Report(args) => report::run(args),
+        Command::Eval { which } => eval::run(which),
         Command::Data { which } => data::run(which),
         Command::Bench { which } => bench::run(which),
     }

@@ -100,6 +100,26 @@ pub fn open_dataset(cfg: &PretrainConfig) -> Result<Dataset> {
     }
 }
 
+/// The recipe `name` at the run's view size and channels (the images' own
+/// unless configured), normalised with the dataset's statistics.
+pub fn recipe_for(
+    cfg: &PretrainConfig,
+    dataset: &Dataset,
+    name: crate::data::RecipeName,
+) -> Result<Recipe> {
+    let shape = dataset.image_shape();
+    let channels = cfg.channels.unwrap_or_else(|| shape.map_or(3, |s| s.2));
+    let size = cfg
+        .image_size
+        .unwrap_or_else(|| shape.map_or(224, |(w, h, _)| w.min(h)));
+    Recipe::named(
+        name,
+        size,
+        channels,
+        Normalize::for_dataset(dataset, channels),
+    )
+}
+
 /// The images a run trains on: all, or a seeded random subset of `max_images`.
 pub fn training_images(cfg: &PretrainConfig, n: usize) -> Vec<usize> {
     let mut all: Vec<usize> = (0..n).collect();
@@ -127,17 +147,8 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     tch::set_num_threads(opts.threads as i32);
 
     let dataset = Arc::new(open_dataset(cfg)?);
-    let shape = dataset.image_shape();
-    let channels = cfg.channels.unwrap_or_else(|| shape.map_or(3, |s| s.2));
-    let size = cfg
-        .image_size
-        .unwrap_or_else(|| shape.map_or(224, |(w, h, _)| w.min(h)));
-    let recipe = Recipe::named(
-        cfg.augment,
-        size,
-        channels,
-        Normalize::for_dataset(&dataset, channels),
-    )?;
+    let recipe = recipe_for(cfg, &dataset, cfg.augment)?;
+    let (size, channels) = (recipe.size(), recipe.channels);
     let images = training_images(cfg, dataset.len());
     let n_images = images.len();
     let loader = Loader::with_images(
