@@ -12,7 +12,7 @@ use crate::eval::{extract, knn_accuracy};
 use crate::io::atomic_write;
 use crate::method::{self, shared::load_named};
 use crate::train::checkpoint;
-use crate::train::trainer::{open_dataset, recipe_for};
+use crate::train::trainer::{open_dataset, recipe_for, run_config};
 use crate::train::PretrainConfig;
 
 /// The `eqco eval` subcommands.
@@ -63,15 +63,8 @@ fn knn(args: KnnArgs) -> anyhow::Result<()> {
         .and_then(|p| p.parent())
         .map(PathBuf::from)
         .unwrap_or_default();
-    let cfg_path = run_dir.join("config.toml");
-    if !cfg_path.is_file() {
-        return Err(Error::Data {
-            path: cfg_path,
-            message: "missing: the checkpoint must sit in <run>/checkpoints/ of a run written by `eqco pretrain`".into(),
-        }
-        .into());
-    }
-    let mut cfg = PretrainConfig::load(Some(cfg_path.to_str().unwrap_or_default()), &[])?;
+    // The checkpoint sits in <run>/checkpoints/.
+    let mut cfg = run_config(&run_dir, &[])?;
     if let Some(d) = &args.dataset {
         cfg.dataset = "auto".into();
         cfg.data_dir = Some(d.clone());

@@ -8,6 +8,7 @@ use clap::Args;
 use super::CommonArgs;
 use crate::device::parse_device;
 use crate::error::Error;
+use crate::train::trainer::run_config;
 use crate::train::{pretrain, PretrainConfig, TrainOptions};
 
 /// Options of `eqco pretrain`.
@@ -39,18 +40,7 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
         sets.push(format!("seed={seed}"));
     }
     let (cfg, out, resume) = match &args.resume {
-        Some(run) => {
-            let path = run.join("config.toml");
-            if !path.is_file() {
-                return Err(Error::Data {
-                    path,
-                    message: "missing: is this a run folder written by `eqco pretrain`?".into(),
-                }
-                .into());
-            }
-            let cfg = PretrainConfig::load(Some(path.to_str().unwrap_or_default()), &sets)?;
-            (cfg, run.clone(), true)
-        }
+        Some(run) => (run_config(run, &sets)?, run.clone(), true),
         None => {
             let cfg = PretrainConfig::load(args.config.as_deref(), &sets)?;
             let out = args

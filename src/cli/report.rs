@@ -11,6 +11,7 @@ use crate::io::atomic_write;
 use crate::plot::{write_png, Stroke};
 use crate::train::metrics::{self, StepMetrics};
 use crate::train::plots;
+use crate::train::trainer::run_config;
 use crate::train::PretrainConfig;
 
 /// Options of `eqco report`.
@@ -64,15 +65,7 @@ const COLORS: [(u8, u8, u8); 10] = [
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for dir in &args.runs {
-        let cfg_path = dir.join("config.toml");
-        if !cfg_path.is_file() {
-            return Err(Error::Data {
-                path: cfg_path,
-                message: "missing: is this a run folder written by `eqco pretrain`?".into(),
-            }
-            .into());
-        }
-        let cfg = PretrainConfig::load(Some(cfg_path.to_str().unwrap_or_default()), &[])?;
+        let cfg = run_config(dir, &[])?;
         let metrics = metrics::read(&dir.join("metrics.jsonl"))?;
         if metrics.is_empty() {
             return Err(Error::Data {

@@ -441,14 +441,15 @@ impl KnnMonitor {
     }
 }
 
-/// Reads a run's resolved configuration (`<run>/config.toml`).
-pub fn run_config(run: &Path) -> Result<PretrainConfig> {
+/// Reads a run's resolved configuration (`<run>/config.toml`) with `sets`
+/// applied; a missing file is an error naming it.
+pub fn run_config(run: &Path, sets: &[String]) -> Result<PretrainConfig> {
     let path = run.join("config.toml");
-    PretrainConfig::load(Some(path.to_str().unwrap_or_default()), &[]).map_err(|e| match e {
-        Error::Io { .. } => Error::Data {
-            path: path.clone(),
+    if !path.is_file() {
+        return Err(Error::Data {
+            path,
             message: "missing: is this a run folder written by `eqco pretrain`?".into(),
-        },
-        other => other,
-    })
+        });
+    }
+    PretrainConfig::load(Some(path.to_str().unwrap_or_default()), sets)
 }
