@@ -9,7 +9,7 @@ use clap::Args;
 use crate::error::Error;
 use crate::io::atomic_write;
 use crate::plot::{write_png, Stroke};
-use crate::train::metrics::{self, StepMetrics};
+use crate::train::metrics::{self, tail_mean, StepMetrics};
 use crate::train::plots;
 use crate::train::trainer::run_config;
 use crate::train::PretrainConfig;
@@ -40,11 +40,6 @@ fn label(cfg: &PretrainConfig) -> String {
         .map_or("InfoNCE".to_string(), |a| format!("EqCo α={a}"));
     let method = format!("{:?}", cfg.method).to_lowercase();
     format!("{method} K={} {loss}", cfg.k())
-}
-
-fn tail_mean(m: &[StepMetrics], f: fn(&StepMetrics) -> f64) -> f64 {
-    let t = &m[m.len() - (m.len() / 10).max(1).min(m.len())..];
-    t.iter().map(f).sum::<f64>() / t.len().max(1) as f64
 }
 
 /// Colours for up to ten runs (then repeated).

@@ -150,7 +150,12 @@ impl Loader {
         }
     }
 
-    /// The images an epoch visits.
+    /// The indices of the images an epoch visits, in dataset order.
+    pub fn images(&self) -> &[usize] {
+        &self.images
+    }
+
+    /// The number of images an epoch visits.
     pub fn len(&self) -> usize {
         self.images.len()
     }

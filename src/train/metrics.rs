@@ -72,6 +72,13 @@ impl MetricsWriter {
     }
 }
 
+/// The mean of `f` over the last 10 % of `metrics` (at least one line; NaN
+/// for none): the figure summaries and reports quote.
+pub fn tail_mean(metrics: &[StepMetrics], f: fn(&StepMetrics) -> f64) -> f64 {
+    let tail = &metrics[metrics.len() - (metrics.len() / 10).max(1).min(metrics.len())..];
+    tail.iter().map(f).sum::<f64>() / tail.len() as f64
+}
+
 /// Reads a `metrics.jsonl` (missing file: no lines); the error names the line.
 pub fn read(path: &Path) -> Result<Vec<StepMetrics>> {
     Ok(read_lines(path)?.into_iter().map(|(_, m)| m).collect())

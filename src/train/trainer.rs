@@ -14,7 +14,7 @@ use tch::Device;
 
 use super::checkpoint::{self, Position};
 use super::config::{Precision, PretrainConfig};
-use super::metrics::{MetricsWriter, StepMetrics};
+use super::metrics::{tail_mean, MetricsWriter, StepMetrics};
 use super::optim::Sgd;
 use super::schedule::learning_rate;
 use crate::data::{Dataset, Format, Loader, LoaderConfig, Normalize, OpenOptions, Recipe};
@@ -169,7 +169,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             cfg,
             &dataset,
             loader.recipe(),
-            &training_images(cfg, dataset.len()),
+            loader.images(),
         )?)
     } else {
         None
@@ -252,7 +252,8 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     };
 
     let mut last_ckpt = checkpoint::latest_path(&ckpt_dir);
-    let mut history: Vec<StepMetrics> = Vec::new();
+    // Throughput of this invocation's steps (a resumed run's earlier ones excluded).
+    let (mut img_per_s_sum, mut steps_run) = (0.0, 0u64);
     let mut tick = Instant::now();
     'epochs: for epoch in pos.epoch..cfg.epochs as u64 {
         let first = if epoch == pos.epoch {
@@ -326,7 +327,8 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
                     pos.step, total_steps, m.loss, m.mi_bound, m.grad_norm_q, m.lr, m.img_per_s
                 );
             }
-            history.push(m);
+            img_per_s_sum += m.img_per_s;
+            steps_run += 1;
             if cfg.checkpoint_every > 0 && pos.step % cfg.checkpoint_every as u64 == 0 {
                 last_ckpt = save(method.as_ref(), &sgd, pos)?;
             }
@@ -346,9 +348,6 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
 
     let all = super::metrics::read(&out.join("metrics.jsonl"))?;
     super::plots::write(&out.join("plots"), &all)?;
-    let tail = &all[all.len() - (all.len() / 10).max(1).min(all.len())..];
-    let mean =
-        |f: fn(&StepMetrics) -> f64| tail.iter().map(f).sum::<f64>() / tail.len().max(1) as f64;
     let last = all.last();
     let summary = Summary {
         method: format!("{:?}", cfg.method).to_lowercase(),
@@ -360,12 +359,12 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         images: n_images,
         final_loss: last.map_or(f64::NAN, |m| m.loss),
         final_mi_bound: last.map_or(f64::NAN, |m| m.mi_bound),
-        mi_bound_last10pct: mean(|m| m.mi_bound),
-        grad_norm_q_last10pct: mean(|m| m.grad_norm_q),
-        img_per_s: if history.is_empty() {
+        mi_bound_last10pct: tail_mean(&all, |m| m.mi_bound),
+        grad_norm_q_last10pct: tail_mean(&all, |m| m.grad_norm_q),
+        img_per_s: if steps_run == 0 {
             0.0
         } else {
-            history.iter().map(|m| m.img_per_s).sum::<f64>() / history.len() as f64
+            img_per_s_sum / steps_run as f64
         },
         wall_seconds: start.elapsed().as_secs_f64(),
         checkpoint: last_ckpt,
