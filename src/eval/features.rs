@@ -8,6 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::{Dataset, Recipe};
 use crate::error::Result;
+use crate::model::head::l2_normalize;
 use crate::model::ResNet;
 
 /// L2-normalised features `[n, F]` and labels `[n]` (−1 where the dataset has
@@ -34,8 +35,7 @@ pub fn extract(
             .view([chunk.len() as i64, recipe.channels as i64, s, s])
             .to_device(device);
         let f = tch::no_grad(|| backbone.forward_t(&x, false));
-        let f = &f / f.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
-        feats.push(f.to_kind(Kind::Float));
+        feats.push(l2_normalize(&f).to_kind(Kind::Float));
     }
     let labels: Vec<i64> = indices
         .iter()

@@ -48,7 +48,9 @@ impl Negatives<'_> {
         match self {
             Negatives::Shared(keys) => q.matmul(&keys.tr()),
             Negatives::PerQuery(keys) => keys.bmm(&q.unsqueeze(2)).squeeze_dim(2),
-            Negatives::Indexed { keys, idx } => q.matmul(&keys.tr()).gather(1, idx, false),
+            Negatives::Indexed { keys, idx } => {
+                super::negatives::gather_similarities(&q.matmul(&keys.tr()), idx)
+            }
         }
     }
 

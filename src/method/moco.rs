@@ -16,6 +16,7 @@ use super::shared::{finish, step_rng, MomentumPair};
 use super::{Method, StepOutput};
 use crate::error::{Error, Result};
 use crate::loss::{info_nce, LossConfig, Negatives};
+use crate::model::head::l2_normalize;
 use crate::model::EncoderConfig;
 use crate::train::config::PretrainConfig;
 
@@ -39,8 +40,7 @@ impl Queue {
         let data: Vec<f32> = (0..k * dim)
             .map(|_| rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng))
             .collect();
-        let keys = Tensor::from_slice(&data).view([k, dim]);
-        let keys = &keys / keys.norm_scalaropt_dim(2, [1], true);
+        let keys = l2_normalize(&Tensor::from_slice(&data).view([k, dim]));
         Queue {
             keys: keys.to_device(device),
             ptr: 0,

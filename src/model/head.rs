@@ -66,9 +66,12 @@ pub fn head(
     }
 }
 
+/// Each row of `t` `[N, D]` divided by its L2 norm (at least 1e-12).
+pub fn l2_normalize(t: &Tensor) -> Tensor {
+    t / t.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12)
+}
+
 /// A head applied to features, then L2-normalised: `[N, F]` → `[N, embed]`.
 pub fn project(head: &nn::SequentialT, features: &Tensor, train: bool) -> Tensor {
-    let z = head.forward_t(features, train);
-    let norm = z.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
-    z / norm
+    l2_normalize(&head.forward_t(features, train))
 }
