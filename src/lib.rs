@@ -19,7 +19,9 @@ pub mod loss;
 pub mod method;
 pub mod model;
 pub mod plot;
+pub mod report;
 pub mod seed;
+pub mod sweep;
 pub mod toy;
 pub mod train;
 

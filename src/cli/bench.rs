@@ -420,14 +420,18 @@ fn time_steps(
     warmup: usize,
     steps: usize,
 ) -> anyhow::Result<f64> {
-    let mut method = crate::method::build(cfg, 3, device)?;
+    let mut method = crate::method::build(cfg, 3, 10, device)?;
     let mut sgd = crate::train::optim::Sgd::new(method.query(), cfg.momentum, cfg.weight_decay);
     let n = cfg.batch_size as i64;
     let s = size as i64;
-    let v1 = tch::Tensor::randn([n, 3, s, s], (tch::Kind::Float, device));
-    let v2 = tch::Tensor::randn([n, 3, s, s], (tch::Kind::Float, device));
+    let batch = crate::data::TwoViewBatch {
+        view1: tch::Tensor::randn([n, 3, s, s], (tch::Kind::Float, device)),
+        view2: tch::Tensor::randn([n, 3, s, s], (tch::Kind::Float, device)),
+        indices: tch::Tensor::arange(n, (tch::Kind::Int64, device)),
+        labels: None,
+    };
     let mut run = |step: u64| -> anyhow::Result<()> {
-        let out = crate::device::autocast_bf16(bf16, device, || method.forward(&v1, &v2, step))?;
+        let out = crate::device::autocast_bf16(bf16, device, || method.forward(&batch, step))?;
         sgd.zero_grad();
         out.loss.backward();
         sgd.step(0.03);

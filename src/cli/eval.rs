@@ -1,19 +1,18 @@
-//! `eqco eval knn`: weighted kNN accuracy of a checkpoint's frozen backbone.
+//! `eqco eval knn` and `eqco eval linear`: accuracy of a checkpoint's frozen
+//! backbone on the test split of its dataset (or of `--dataset`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
-use super::CommonArgs;
-use crate::data::{RecipeName, Split};
+use super::{as_flag, CommonArgs};
 use crate::device::parse_device;
 use crate::error::Error;
-use crate::eval::{extract, knn_accuracy};
+use crate::eval::{
+    evaluate_knn, evaluate_linear, Frozen, KnnReport, KnnSettings, LinearMode, LinearReport,
+    LinearSettings,
+};
 use crate::io::atomic_write;
-use crate::method::{self, shared::load_named};
-use crate::train::checkpoint;
-use crate::train::trainer::{open_dataset, recipe_for, run_config};
-use crate::train::PretrainConfig;
 
 /// The `eqco eval` subcommands.
 #[derive(Debug, Subcommand)]
@@ -21,11 +20,14 @@ pub enum EvalCommand {
     /// Weighted kNN (cosine, votes exp(sim/τ)) on frozen features: the
     /// training split is the memory bank, the test split is scored.
     Knn(KnnArgs),
+    /// Linear probe: a linear classifier trained on frozen features (MoCo's
+    /// protocol, or the fast mode on features extracted once).
+    Linear(LinearArgs),
 }
 
-/// Options of `eqco eval knn`.
+/// What both evaluations read.
 #[derive(Debug, Args)]
-pub struct KnnArgs {
+pub struct Source {
     /// A checkpoint written by `eqco pretrain` (its run folder's config.toml
     /// gives the model and the dataset).
     #[arg(long)]
@@ -33,6 +35,14 @@ pub struct KnnArgs {
     /// Another dataset folder to evaluate on (format detected).
     #[arg(long)]
     pub dataset: Option<PathBuf>,
+}
+
+/// Options of `eqco eval knn`.
+#[derive(Debug, Args)]
+pub struct KnnArgs {
+    /// The checkpoint and dataset.
+    #[command(flatten)]
+    pub source: Source,
     /// Neighbours.
     #[arg(long, default_value_t = 200)]
     pub k: i64,
@@ -47,86 +57,143 @@ pub struct KnnArgs {
     pub common: CommonArgs,
 }
 
+/// Options of `eqco eval linear`.
+#[derive(Debug, Args)]
+pub struct LinearArgs {
+    /// The checkpoint and dataset.
+    #[command(flatten)]
+    pub source: Source,
+    /// `moco`: augmented views through the backbone every epoch (MoCo's
+    /// protocol); `fast`: features of centre-cropped images extracted once.
+    #[arg(long, value_enum, default_value = "fast")]
+    pub mode: LinearMode,
+    /// Epochs (MoCo: 100).
+    #[arg(long, default_value_t = 100)]
+    pub epochs: usize,
+    /// Learning rate (MoCo: 30).
+    #[arg(long, default_value_t = 30.0)]
+    pub lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Weight decay (MoCo: 0).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Images per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Epochs at which the rate drops ×0.1, comma-separated [default: 60 % and 80 % of --epochs].
+    #[arg(long, value_delimiter = ',')]
+    pub milestones: Option<Vec<usize>>,
+    /// Train the classifier on a random subset of this many training images.
+    #[arg(long)]
+    pub max_images: Option<usize>,
+    /// Common options (`--out` also writes linear.json there).
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
 /// Runs an eval subcommand.
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Knn(args) => knn(args),
+        EvalCommand::Linear(args) => linear(args),
     }
 }
 
-fn knn(args: KnnArgs) -> anyhow::Result<()> {
-    let device = parse_device(&args.common.device)?;
-    tch::set_num_threads(args.common.threads()? as i32);
-    let run_dir = args
-        .checkpoint
-        .parent()
-        .and_then(|p| p.parent())
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    // The checkpoint sits in <run>/checkpoints/.
-    let mut cfg = run_config(&run_dir, &[])?;
-    if let Some(d) = &args.dataset {
-        cfg.dataset = "auto".into();
-        cfg.data_dir = Some(d.clone());
-    }
-    let (state, pos) = checkpoint::load(&args.checkpoint)?;
-    let train = open_dataset(&PretrainConfig {
-        split: Split::Train,
-        ..cfg.clone()
-    })?;
-    let test = open_dataset(&PretrainConfig {
-        split: Split::Test,
-        ..cfg.clone()
-    })?;
-    if !train.has_labels() || !test.has_labels() {
-        return Err(Error::config(
-            "--dataset",
-            "kNN evaluation needs labelled train and test splits",
-        )
-        .into());
-    }
-    let recipe = recipe_for(&cfg, &train, RecipeName::Eval)?;
-    let method = method::build(&cfg, recipe.channels, device)?;
-    load_named("query.", method.query(), &state).map_err(|e| Error::Data {
-        path: args.checkpoint.clone(),
-        message: format!("does not fit the run's configuration: {e}"),
-    })?;
-    let n = train.len();
-    let step = args.bank.map_or(1, |b| n.div_ceil(b.max(1)).max(1));
-    let bank: Vec<usize> = (0..n).step_by(step).collect();
-    let (bank_f, bank_l) = extract(method.backbone(), &train, &recipe, &bank, 256, device)?;
-    let all: Vec<usize> = (0..test.len()).collect();
-    let (test_f, test_l) = extract(method.backbone(), &test, &recipe, &all, 256, device)?;
-    let acc = knn_accuracy(
-        &bank_f,
-        &bank_l,
-        &test_f,
-        &test_l,
-        train.classes.len() as i64,
-        args.k,
-        args.tau,
-    )
-    .map_err(super::as_flag)?;
-    println!(
-        "kNN (k = {}, τ = {}) of {} (step {}): top-1 {:.2} %, top-5 {:.2} % on {} test images, bank of {} training images",
-        args.k,
-        args.tau,
-        args.checkpoint.display(),
-        pos.step,
-        100.0 * acc.top1,
-        100.0 * acc.top5,
-        test.len(),
-        bank.len()
-    );
-    if let Some(out) = &args.common.out {
-        let json = serde_json::json!({
-            "checkpoint": args.checkpoint, "step": pos.step, "k": args.k, "tau": args.tau,
-            "bank": bank.len(), "test": test.len(), "top1": acc.top1, "top5": acc.top5,
-        });
-        atomic_write(
-            &out.join("knn.json"),
-            serde_json::to_string_pretty(&json)?.as_bytes(),
-        )?;
+fn load(source: &Source, common: &CommonArgs) -> anyhow::Result<Frozen> {
+    let device = parse_device(&common.device)?;
+    tch::set_num_threads(common.threads()? as i32);
+    Ok(Frozen::load(
+        &source.checkpoint,
+        source.dataset.as_deref(),
+        device,
+    )?)
+}
+
+/// Writes `value` as pretty JSON to `<out>/<name>` when `--out` is given.
+fn write_json(out: Option<&Path>, name: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(out) = out {
+        crate::io::create_dir(out)?;
+        let text = serde_json::to_string_pretty(value)?;
+        atomic_write(&out.join(name), text.as_bytes())?;
+        println!("wrote {}", out.join(name).display());
     }
     Ok(())
+}
+
+/// The one-line result of a kNN evaluation.
+pub fn knn_line(r: &KnnReport) -> String {
+    format!(
+        "kNN (k = {}, τ = {}) of {} (step {}): top-1 {:.2} %, top-5 {:.2} % on {} test images, bank of {} training images",
+        r.settings.k,
+        r.settings.tau,
+        r.checkpoint.display(),
+        r.step,
+        100.0 * r.top1,
+        100.0 * r.top5,
+        r.test,
+        r.bank
+    )
+}
+
+/// The one-line result of a linear probe, naming its mode.
+pub fn linear_line(r: &LinearReport) -> String {
+    let s = &r.settings;
+    let mode = match s.mode {
+        LinearMode::Fast => "fast mode: features of centre crops extracted once",
+        LinearMode::Moco => "MoCo protocol: augmented views every epoch",
+    };
+    format!(
+        "linear probe ({mode}; {} epochs, lr {} ×0.1 at {:?}, batch {}) of {} (step {}): top-1 {:.2} %, top-5 {:.2} % on {} test images, trained on {} images in {:.0} s",
+        s.epochs,
+        s.lr,
+        s.milestones(),
+        s.batch_size,
+        r.checkpoint.display(),
+        r.step,
+        100.0 * r.top1,
+        100.0 * r.top5,
+        r.test_images,
+        r.train_images,
+        r.seconds
+    )
+}
+
+fn knn(args: KnnArgs) -> anyhow::Result<()> {
+    if !(args.tau.is_finite() && args.tau > 0.0) {
+        return Err(Error::config("--tau", format!("{} (must be > 0)", args.tau)).into());
+    }
+    if args.k < 1 {
+        return Err(Error::config("--k", format!("{} (must be ≥ 1)", args.k)).into());
+    }
+    let frozen = load(&args.source, &args.common)?;
+    let settings = KnnSettings {
+        k: args.k,
+        tau: args.tau,
+        bank: args.bank,
+    };
+    let report = evaluate_knn(&frozen, settings).map_err(as_flag)?;
+    println!("{}", knn_line(&report));
+    write_json(args.common.out.as_deref(), "knn.json", &report)
+}
+
+fn linear(args: LinearArgs) -> anyhow::Result<()> {
+    let settings = LinearSettings {
+        mode: args.mode,
+        epochs: args.epochs,
+        lr: args.lr,
+        momentum: args.momentum,
+        weight_decay: args.weight_decay,
+        batch_size: args.batch_size,
+        milestones: args.milestones.clone(),
+        max_images: args.max_images,
+        seed: args.common.seed.unwrap_or(0),
+        threads: args.common.threads()?,
+    };
+    settings.validate().map_err(as_flag)?;
+    let frozen = load(&args.source, &args.common)?;
+    let report = evaluate_linear(&frozen, &settings).map_err(as_flag)?;
+    println!("{}", linear_line(&report));
+    write_json(args.common.out.as_deref(), "linear.json", &report)
 }

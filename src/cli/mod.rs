@@ -10,6 +10,7 @@ pub mod data;
 pub mod eval;
 pub mod pretrain;
 pub mod report;
+pub mod sweep;
 pub mod toy_mi;
 
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ pub enum Command {
         #[command(subcommand)]
         which: eval::EvalCommand,
     },
+    /// A grid of pretraining runs (K, α, N, method) with their evaluations,
+    /// one after another and resumable, then a report.
+    Sweep(sweep::SweepArgs),
     /// A Markdown summary and plots of pretraining runs.
     Report(report::ReportArgs),
     /// Datasets: inspect a dataset and its augmentations.
@@ -89,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::ToyMi(args) => toy_mi::run(args),
         Command::Pretrain(args) => pretrain::run(args),
+        Command::Sweep(args) => sweep::run(args),
         Command::Report(args) => report::run(args),
         Command::Eval { which } => eval::run(which),
         Command::Data { which } => data::run(which),

@@ -74,6 +74,13 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
         progress: std::io::stderr().is_terminal(),
     };
     let s = pretrain(&cfg, &opts)?;
+    if s.steps == 0 {
+        println!(
+            "0 steps: wrote the initialisation only (the random-init baseline) to {}",
+            s.checkpoint.display()
+        );
+        return Ok(());
+    }
     println!(
         "{} steps ({} epochs) in {:.1} s: final loss {:.4}, MI bound {:.4} (mean of the last 10 %: {:.4}), {:.0} img/s",
         s.steps, s.epochs, s.wall_seconds, s.final_loss, s.final_mi_bound, s.mi_bound_last10pct, s.img_per_s

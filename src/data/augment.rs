@@ -188,6 +188,9 @@ pub enum RecipeName {
     Simclr,
     /// Evaluation: resize (side/0.875 for large images) and centre crop.
     Eval,
+    /// Supervised training and the linear protocol's classifier training
+    /// (torchvision's ImageNet recipe, MoCo's `main_lincls`): crop (0.08–1), flip.
+    Supervised,
 }
 
 /// A full augmentation pipeline producing `channels × size × size` floats.
@@ -287,6 +290,10 @@ impl Recipe {
                 jitter: jitter(0.8, 0.2, 0.8),
                 grayscale: 0.2,
                 blur,
+                ..base
+            },
+            RecipeName::Supervised => Recipe {
+                crop: rrc(0.08),
                 ..base
             },
             RecipeName::Eval => Recipe {

@@ -1,5 +1,6 @@
 //! Frozen features: the backbone's pooled output, in inference mode (BN with
-//! its running statistics), on deterministic views (the `eval` recipe).
+//! its running statistics), on the views of a recipe (deterministic for the
+//! `eval` recipe; seeded by `seed` and the image otherwise).
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -8,11 +9,12 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::{Dataset, Recipe};
 use crate::error::Result;
-use crate::model::head::l2_normalize;
 use crate::model::ResNet;
+use crate::seed::derive;
 
-/// L2-normalised features `[n, F]` and labels `[n]` (−1 where the dataset has
-/// none) of images `indices` of `dataset`, in batches of `batch`.
+/// Pooled features `[n, F]` (float32, not normalised) and labels `[n]` (−1
+/// where the dataset has none) of images `indices` of `dataset`, in batches
+/// of `batch`.
 pub fn extract(
     backbone: &ResNet,
     dataset: &Dataset,
@@ -21,21 +23,34 @@ pub fn extract(
     batch: usize,
     device: Device,
 ) -> Result<(Tensor, Tensor)> {
+    extract_views(backbone, dataset, recipe, indices, batch, device, 0)
+}
+
+/// As [`extract`], with the views of a random recipe drawn from `seed` and
+/// each image's index (the same views for the same seed).
+pub fn extract_views(
+    backbone: &ResNet,
+    dataset: &Dataset,
+    recipe: &Recipe,
+    indices: &[usize],
+    batch: usize,
+    device: Device,
+    seed: u64,
+) -> Result<(Tensor, Tensor)> {
     let len = recipe.view_len();
     let s = recipe.size() as i64;
     let mut feats = Vec::new();
-    // The eval recipe draws nothing; the RNG only satisfies the interface.
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
     for chunk in indices.chunks(batch.max(1)) {
         let mut buf = vec![0f32; chunk.len() * len];
         for (&i, out) in chunk.iter().zip(buf.chunks_exact_mut(len)) {
+            let mut rng = ChaCha8Rng::seed_from_u64(derive(seed, &[i as u64]));
             recipe.apply(&dataset.image(i)?, &mut rng, out)?;
         }
         let x = Tensor::from_slice(&buf)
             .view([chunk.len() as i64, recipe.channels as i64, s, s])
             .to_device(device);
         let f = tch::no_grad(|| backbone.forward_t(&x, false));
-        feats.push(l2_normalize(&f).to_kind(Kind::Float));
+        feats.push(f.to_kind(Kind::Float));
     }
     let labels: Vec<i64> = indices
         .iter()

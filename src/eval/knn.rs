@@ -3,9 +3,13 @@
 //! features votes for its class with weight `exp(sim/τ)`; the prediction
 //! ranks classes by their summed votes. Defaults: k = 200, τ = 0.1.
 
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::frozen::Frozen;
+
 use crate::error::{Error, Result};
+use crate::model::head::l2_normalize;
 
 /// Top-1 and top-5 accuracy, in [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -16,9 +20,80 @@ pub struct Accuracy {
     pub top5: f64,
 }
 
+/// The kNN protocol's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KnnSettings {
+    /// Neighbours k.
+    pub k: i64,
+    /// Temperature τ of the vote weights.
+    pub tau: f64,
+    /// Use at most this many training images as the memory bank (evenly spaced).
+    pub bank: Option<usize>,
+}
+
+impl Default for KnnSettings {
+    fn default() -> Self {
+        KnnSettings {
+            k: 200,
+            tau: 0.1,
+            bank: None,
+        }
+    }
+}
+
+/// `knn.json`: what a kNN evaluation measured and how.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnnReport {
+    /// The checkpoint evaluated.
+    pub checkpoint: std::path::PathBuf,
+    /// Its optimizer steps.
+    pub step: u64,
+    /// The settings.
+    pub settings: KnnSettings,
+    /// Training images in the memory bank.
+    pub bank: usize,
+    /// Test images scored.
+    pub test: usize,
+    /// Test top-1 accuracy, in [0, 1].
+    pub top1: f64,
+    /// Test top-5 accuracy, in [0, 1].
+    pub top5: f64,
+}
+
+/// Weighted kNN of `frozen`'s test split over a bank of its training split,
+/// on centre-cropped views (the features cached by an earlier evaluation
+/// are reused).
+pub fn evaluate_knn(frozen: &Frozen, settings: KnnSettings) -> Result<KnnReport> {
+    let n = frozen.train.len();
+    let stride = settings.bank.map_or(1, |b| n.div_ceil(b.max(1)).max(1));
+    let bank: Vec<usize> = (0..n).step_by(stride).collect();
+    let (bank_f, bank_l) = frozen.train_features(&bank, false)?;
+    let (test_f, test_l) = frozen.test_features()?;
+    let test = test_f.size()[0] as usize;
+    let acc = knn_accuracy(
+        &bank_f,
+        &bank_l,
+        &test_f,
+        &test_l,
+        frozen.classes(),
+        settings.k,
+        settings.tau,
+    )?;
+    Ok(KnnReport {
+        checkpoint: frozen.checkpoint.clone(),
+        step: frozen.step,
+        settings,
+        bank: bank.len(),
+        test,
+        top1: acc.top1,
+        top5: acc.top5,
+    })
+}
+
 /// Classifies `test` features `[n, F]` by weighted kNN over `train` features
-/// `[m, F]` with labels `[m]` in `0..classes` (features L2-normalised),
-/// and scores the predictions against `test_labels` `[n]`.
+/// `[m, F]` with labels `[m]` in `0..classes` (both L2-normalised here, so
+/// similarities are cosines), and scores the predictions against
+/// `test_labels` `[n]`.
 pub fn knn_accuracy(
     train: &Tensor,
     train_labels: &Tensor,
@@ -36,6 +111,7 @@ pub fn knn_accuracy(
         return Err(Error::config("knn_tau", format!("{tau} (must be > 0)")));
     }
     let k = k.clamp(1, m);
+    let (train, test) = (l2_normalize(train), l2_normalize(test));
     let (mut hit1, mut hit5) = (0i64, 0i64);
     for (feats, labels) in test.split(1024, 0).iter().zip(test_labels.split(1024, 0)) {
         let sims = feats.matmul(&train.tr());

@@ -1,8 +1,13 @@
-//! Evaluation of frozen encoders: feature extraction and the weighted kNN
-//! classifier (also the online monitor during pretraining).
+//! Evaluation of frozen encoders read from checkpoints: feature
+//! extraction, the weighted kNN classifier (also the online monitor during
+//! pretraining) and the linear probe.
 
 pub mod features;
+pub mod frozen;
 pub mod knn;
+pub mod linear;
 
 pub use features::extract;
-pub use knn::{knn_accuracy, Accuracy};
+pub use frozen::Frozen;
+pub use knn::{evaluate_knn, knn_accuracy, Accuracy, KnnReport, KnnSettings};
+pub use linear::{evaluate_linear, LinearMode, LinearReport, LinearSettings};

@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::shared::{finish, step_rng, MomentumPair};
 use super::{Method, StepOutput};
+use crate::data::TwoViewBatch;
 use crate::error::{Error, Result};
 use crate::loss::{info_nce, LossConfig, Negatives};
 use crate::model::head::l2_normalize;
@@ -114,7 +115,8 @@ impl Moco {
 }
 
 impl Method for Moco {
-    fn forward(&mut self, v1: &Tensor, v2: &Tensor, step: u64) -> Result<StepOutput> {
+    fn forward(&mut self, batch: &TwoViewBatch, step: u64) -> Result<StepOutput> {
+        let (v1, v2) = (&batch.view1, &batch.view2);
         let q = self.pair.query.embed_grouped(v1, self.groups, true);
         self.pair.momentum_update(self.ema_momentum);
         let n = v2.size()[0] as usize;

@@ -1,18 +1,22 @@
 //! The contrastive frameworks, each a small file on shared parts:
 //! [`moco`] (v1 and v2), [`simclr`] and [`simo`]. Each takes the EqCo loss
 //! configuration (α, or plain InfoNCE) and returns the loss of a batch of two
-//! views together with its diagnostics.
+//! views together with its diagnostics. [`supervised`] trains the same
+//! backbone on the labels: the baseline every self-supervised number is
+//! shown beside.
 
 pub mod moco;
 pub mod shared;
 pub mod simclr;
 pub mod simo;
+pub mod supervised;
 
 use std::collections::HashMap;
 
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
+use crate::data::TwoViewBatch;
 use crate::error::Result;
 use crate::train::config::{MethodName, PretrainConfig};
 
@@ -21,18 +25,20 @@ use crate::train::config::{MethodName, PretrainConfig};
 pub struct StepOutput {
     /// The mean loss, to backpropagate.
     pub loss: Tensor,
-    /// The empirical MI bound `ln K + m/τ − L` (Eq. 4/6).
+    /// The empirical MI bound `ln K + m/τ − L` (Eq. 4/6); supervised:
+    /// `ln C − L` between images and their labels (Barber–Agakov).
     pub mi_bound: f64,
-    /// The mean over queries of `‖∂L_i/∂q_i‖` (Theorem 2).
+    /// The mean over queries of `‖∂L_i/∂q_i‖` (Theorem 2); supervised: of
+    /// the loss's gradient with respect to each image's features.
     pub grad_norm_q: f64,
 }
 
 /// A contrastive framework: encoders, any queue, and the loss.
 pub trait Method {
-    /// The loss for views `v1`, `v2` `[N, C, H, W]` of the same N images;
-    /// `step` seeds any sampling (shuffle BN, negative subsets), so a resumed
-    /// run draws the same.
-    fn forward(&mut self, v1: &Tensor, v2: &Tensor, step: u64) -> Result<StepOutput>;
+    /// The loss for a batch of views `view1`, `view2` `[N, C, H, W]` of the
+    /// same N images; `step` seeds any sampling (shuffle BN, negative
+    /// subsets), so a resumed run draws the same.
+    fn forward(&mut self, batch: &TwoViewBatch, step: u64) -> Result<StepOutput>;
 
     /// The query encoder's variables: what the optimizer trains, and what
     /// evaluation and export read.
@@ -48,14 +54,21 @@ pub trait Method {
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
 }
 
-/// Builds the framework of `cfg` on `device` for `channels`-channel images,
-/// with weights initialised from `cfg.seed`.
-pub fn build(cfg: &PretrainConfig, channels: u8, device: Device) -> Result<Box<dyn Method>> {
+/// Builds the framework of `cfg` on `device` for `channels`-channel images
+/// of `classes` classes (used by the supervised baseline only), with weights
+/// initialised from `cfg.seed`.
+pub fn build(
+    cfg: &PretrainConfig,
+    channels: u8,
+    classes: usize,
+    device: Device,
+) -> Result<Box<dyn Method>> {
     let enc = cfg.encoder(channels)?;
     tch::manual_seed(cfg.seed as i64);
     Ok(match cfg.method {
         MethodName::Simo => Box::new(simo::Simo::new(&enc, cfg, device)?),
         MethodName::Mocov1 | MethodName::Mocov2 => Box::new(moco::Moco::new(&enc, cfg, device)?),
         MethodName::Simclr => Box::new(simclr::SimClr::new(&enc, cfg, device)?),
+        MethodName::Supervised => Box::new(supervised::Supervised::new(&enc, classes, device)?),
     })
 }

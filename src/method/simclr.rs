@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::shared::{finish, step_rng};
 use super::{Method, StepOutput};
+use crate::data::TwoViewBatch;
 use crate::error::Result;
 use crate::loss::{info_nce, negatives, LossConfig, Negatives};
 use crate::model::{Encoder, EncoderConfig};
@@ -44,7 +45,8 @@ impl SimClr {
 }
 
 impl Method for SimClr {
-    fn forward(&mut self, v1: &Tensor, v2: &Tensor, step: u64) -> Result<StepOutput> {
+    fn forward(&mut self, batch: &TwoViewBatch, step: u64) -> Result<StepOutput> {
+        let (v1, v2) = (&batch.view1, &batch.view2);
         let n = v1.size()[0] as usize;
         let z = self.encoder.embed(&Tensor::cat(&[v1, v2], 0), true);
         let partner = |i: usize| (i + n) % (2 * n);

@@ -11,6 +11,7 @@ use tch::{Device, Tensor};
 
 use super::shared::{finish, step_rng, MomentumPair};
 use super::{Method, StepOutput};
+use crate::data::TwoViewBatch;
 use crate::error::Result;
 use crate::loss::{info_nce, negatives, LossConfig, Negatives};
 use crate::model::EncoderConfig;
@@ -42,7 +43,8 @@ impl Simo {
 }
 
 impl Method for Simo {
-    fn forward(&mut self, v1: &Tensor, v2: &Tensor, step: u64) -> Result<StepOutput> {
+    fn forward(&mut self, batch: &TwoViewBatch, step: u64) -> Result<StepOutput> {
+        let (v1, v2) = (&batch.view1, &batch.view2);
         let q = self.pair.query.embed(v1, true);
         // As the reference: update the key encoder, then compute the keys.
         self.pair.momentum_update(self.ema_momentum);

@@ -23,6 +23,9 @@ pub enum MethodName {
     Mocov2,
     /// SimCLR: one encoder, in-batch negatives, symmetric loss.
     Simclr,
+    /// The supervised baseline: the backbone and a linear classifier trained
+    /// with cross-entropy on the labels (view 1 only; no K, τ or α).
+    Supervised,
 }
 
 /// The learning-rate schedule after warm-up.
@@ -58,7 +61,8 @@ pub struct PretrainConfig {
     pub split: Split,
     /// Train on a random subset of this many images (fixed by `seed`).
     pub max_images: Option<usize>,
-    /// The framework.
+    /// The framework: `simo`, `mocov1`, `mocov2`, `simclr`, or the
+    /// `supervised` baseline.
     pub method: MethodName,
     /// `resnet10`, `resnet18`, `resnet34` or `resnet50`.
     pub backbone: String,
@@ -107,7 +111,8 @@ pub struct PretrainConfig {
     pub lr_steps: Vec<usize>,
     /// Momentum m of the key encoder's moving average (0 = copy).
     pub ema_momentum: f64,
-    /// Augmentation recipe: `mocov1`, `mocov2`, `simclr`.
+    /// Augmentation recipe: `mocov1`, `mocov2`, `simclr`, or `supervised`
+    /// (crop 0.08–1 and flip: the supervised baseline's).
     pub augment: RecipeName,
     /// Side of the views [default: the images' own side, 224 for ImageFolder].
     pub image_size: Option<u32>,
@@ -126,7 +131,8 @@ pub struct PretrainConfig {
     pub knn_tau: f64,
     /// Training images in the kNN monitor's memory bank (a fixed subset).
     pub knn_bank: usize,
-    /// Stop after this many optimizer steps.
+    /// Stop after this many optimizer steps; 0 writes the initialisation
+    /// only (a step-0 checkpoint: the random-init baseline).
     pub max_steps: Option<usize>,
     /// Seed of initialisation, shuffling, augmentation and negative sampling.
     pub seed: u64,
@@ -328,6 +334,7 @@ impl PretrainConfig {
             MethodName::Simo => self.k_negatives.unwrap_or(n.saturating_sub(1)),
             MethodName::Simclr => self.k_negatives.unwrap_or(2 * n.saturating_sub(1)),
             MethodName::Mocov1 | MethodName::Mocov2 => self.queue_size,
+            MethodName::Supervised => 0,
         }
     }
 
@@ -502,9 +509,6 @@ impl PretrainConfig {
                 "knn_bank",
                 "0 (must be ≥ 1 when knn_every is set)",
             ));
-        }
-        if self.max_steps == Some(0) {
-            return Err(Error::config("max_steps", "0 (must be ≥ 1)"));
         }
         if self.loader_threads == Some(0) {
             return Err(Error::config("loader_threads", "0 (must be ≥ 1)"));

@@ -176,7 +176,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     };
     let total_steps = (cfg.epochs * steps_per_epoch).min(cfg.max_steps.unwrap_or(usize::MAX));
 
-    let mut method = method::build(cfg, channels, opts.device)?;
+    let mut method = method::build(cfg, channels, dataset.classes.len(), opts.device)?;
     let mut sgd = Sgd::new(method.query(), cfg.momentum, cfg.weight_decay);
     let mut pos = Position {
         step: 0,
@@ -210,7 +210,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
 
     let k = cfg.k();
     eprintln!(
-        "pretrain: {:?} on {} images ({}×{}×{}), {} {}×{}, K = {k}, {}, N = {}, lr = {} × {}/256 = {:.4}, {} steps",
+        "pretrain: {:?} on {} images ({}×{}×{}), {} {}×{}, {}, N = {}, lr = {} × {}/256 = {:.4}, {} steps",
         cfg.method,
         n_images,
         size,
@@ -222,7 +222,11 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             crate::model::Stem::Small => "small stem",
             crate::model::Stem::Imagenet => "imagenet stem",
         },
-        cfg.alpha.map_or("InfoNCE".to_string(), |a| format!("EqCo α = {a}")),
+        match (cfg.method, cfg.alpha) {
+            (super::config::MethodName::Supervised, _) => "cross-entropy on the labels".to_string(),
+            (_, None) => format!("K = {k}, InfoNCE"),
+            (_, Some(a)) => format!("K = {k}, EqCo α = {a}"),
+        },
         cfg.batch_size,
         cfg.lr,
         cfg.batch_size,
@@ -267,9 +271,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             }
             let batch = batch?;
             let lr = learning_rate(cfg, pos.step as usize, steps_per_epoch);
-            let out = autocast_bf16(bf16, opts.device, || {
-                method.forward(&batch.view1, &batch.view2, pos.step)
-            })?;
+            let out = autocast_bf16(bf16, opts.device, || method.forward(&batch, pos.step))?;
             let loss = out.loss.double_value(&[]);
             if !loss.is_finite() {
                 return Err(Error::Numerical(format!(
@@ -349,10 +351,11 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     let all = super::metrics::read(&out.join("metrics.jsonl"))?;
     super::plots::write(&out.join("plots"), &all)?;
     let last = all.last();
+    let supervised = cfg.method == super::config::MethodName::Supervised;
     let summary = Summary {
         method: format!("{:?}", cfg.method).to_lowercase(),
         k,
-        alpha: cfg.alpha,
+        alpha: cfg.alpha.filter(|_| !supervised),
         lr_scaled: cfg.scaled_lr(),
         steps: pos.step,
         epochs: pos.epoch,

@@ -1,0 +1,80 @@
+//! `eqco sweep`: a grid of pretraining runs with their evaluations, one
+//! after another, then a report; run it again to continue where it stopped.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::CommonArgs;
+use crate::device::parse_device;
+use crate::sweep::{SweepConfig, SweepOptions};
+use crate::train::config::MethodName;
+
+/// Options of `eqco sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// A sweep preset (fmnist-simo-k, fmnist-mocov2-k, fmnist-simo-alpha,
+    /// fmnist-mocov2-alpha, fmnist-mocov2-n) or a sweep .toml file.
+    #[arg(long, default_value = "fmnist-simo-k")]
+    pub config: String,
+    /// Set a pretraining key for every run (repeatable), e.g. --set epochs=1.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// List the runs and their folders, then stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Common options (`--out`: the sweep folder, default runs/sweep-<config>;
+    /// `--seed` is set for every run).
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Runs the sweep.
+pub fn run(args: SweepArgs) -> anyhow::Result<()> {
+    let mut sets = args.sets.clone();
+    if let Some(seed) = args.common.seed {
+        sets.push(format!("seed={seed}"));
+    }
+    let (cfg, resolved) = SweepConfig::load(&args.config, &sets)?;
+    let plan = cfg.plan()?;
+    let stem = PathBuf::from(&args.config)
+        .file_stem()
+        .map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
+    let out = args
+        .common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/sweep-{stem}")));
+    if args.dry_run {
+        for run in &plan {
+            let c = &run.config;
+            let what = match (c.max_steps, c.method) {
+                (Some(0), _) => "random init: the initialisation, no training".to_string(),
+                (_, MethodName::Supervised) => {
+                    format!("supervised, N = {}, {} epochs", c.batch_size, c.epochs)
+                }
+                _ => format!(
+                    "{}, K = {}, α = {}, N = {}, {} epochs",
+                    format!("{:?}", c.method).to_lowercase(),
+                    c.k(),
+                    c.alpha.map_or("none".into(), |a| a.to_string()),
+                    c.batch_size,
+                    c.epochs
+                ),
+            };
+            println!("{}  ({what})", out.join(&run.name).display());
+        }
+        return Ok(());
+    }
+    let opts = SweepOptions {
+        out: out.clone(),
+        device: parse_device(&args.common.device)?,
+        threads: args.common.threads()?,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let md = crate::sweep::run(&cfg, &resolved, &opts)?;
+    print!("{md}");
+    println!("\nwrote {0}/report.md and its plots", out.display());
+    Ok(())
+}

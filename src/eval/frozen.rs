@@ -1,0 +1,143 @@
+//! A checkpoint's frozen backbone with the labelled splits it is evaluated
+//! on: what the kNN and linear protocols start from.
+
+use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tch::{Device, Tensor};
+
+use super::features::extract;
+
+use crate::data::{Dataset, Recipe, RecipeName, Split};
+use crate::error::{Error, Result};
+use crate::method::{self, shared::load_named, Method};
+use crate::model::ResNet;
+use crate::train::checkpoint;
+use crate::train::trainer::{open_dataset, recipe_for, run_config};
+use crate::train::PretrainConfig;
+
+/// A pretrained (or randomly initialised, or supervised) backbone and the
+/// train and test splits of its dataset.
+pub struct Frozen {
+    /// The checkpoint file.
+    pub checkpoint: PathBuf,
+    /// Optimizer steps the checkpoint had done.
+    pub step: u64,
+    /// The run's configuration (dataset possibly replaced).
+    pub config: PretrainConfig,
+    /// The training split (memory bank, classifier training).
+    pub train: Arc<Dataset>,
+    /// The test split (scored).
+    pub test: Dataset,
+    /// Where the backbone runs.
+    pub device: Device,
+    method: Box<dyn Method>,
+    train_features: OnceCell<(Tensor, Tensor)>,
+    test_features: OnceCell<(Tensor, Tensor)>,
+}
+
+impl Frozen {
+    /// Loads `checkpoint` (in `<run>/checkpoints/`, whose `config.toml`
+    /// gives the model and the dataset) on `device`; `dataset` replaces the
+    /// run's dataset folder (format detected).
+    pub fn load(checkpoint: &Path, dataset: Option<&Path>, device: Device) -> Result<Frozen> {
+        let run = checkpoint
+            .parent()
+            .and_then(|p| p.parent())
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let mut config = run_config(&run, &[])?;
+        if let Some(d) = dataset {
+            config.dataset = "auto".into();
+            config.data_dir = Some(d.to_path_buf());
+        }
+        let (state, pos) = checkpoint::load(checkpoint)?;
+        let split = |split| {
+            open_dataset(&PretrainConfig {
+                split,
+                ..config.clone()
+            })
+        };
+        let train = split(Split::Train)?;
+        let test = split(Split::Test)?;
+        if !train.has_labels() || !test.has_labels() {
+            return Err(Error::config(
+                "--dataset",
+                format!(
+                    "evaluation needs labelled train and test splits; {} has none",
+                    train.source.display()
+                ),
+            ));
+        }
+        let channels = recipe_for(&config, &train, RecipeName::Eval)?.channels;
+        let method = method::build(&config, channels, train.classes.len(), device)?;
+        load_named("query.", method.query(), &state).map_err(|e| Error::Data {
+            path: checkpoint.to_path_buf(),
+            message: format!("does not fit the run's configuration: {e}"),
+        })?;
+        Ok(Frozen {
+            checkpoint: checkpoint.to_path_buf(),
+            step: pos.step,
+            config,
+            train: Arc::new(train),
+            test,
+            device,
+            method,
+            train_features: OnceCell::new(),
+            test_features: OnceCell::new(),
+        })
+    }
+
+    /// The backbone (use it in inference mode: `forward_t(x, false)`).
+    pub fn backbone(&self) -> &ResNet {
+        self.method.backbone()
+    }
+
+    /// The recipe `name` at the run's view size and channels.
+    pub fn recipe(&self, name: RecipeName) -> Result<Recipe> {
+        recipe_for(&self.config, &self.train, name)
+    }
+
+    /// Features and labels of images `indices` of the training split, on
+    /// centre crops; taken from the cached features of the whole split when
+    /// those were computed (or `cache` asks for them), else extracted.
+    pub fn train_features(&self, indices: &[usize], cache: bool) -> Result<(Tensor, Tensor)> {
+        if cache && self.train_features.get().is_none() {
+            let all: Vec<usize> = (0..self.train.len()).collect();
+            let f = self.extract_split(&self.train, &all)?;
+            let _ = self.train_features.set(f);
+        }
+        match self.train_features.get() {
+            Some((f, l)) => {
+                let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+                let idx = Tensor::from_slice(&idx).to_device(self.device);
+                Ok((f.index_select(0, &idx), l.index_select(0, &idx)))
+            }
+            None => self.extract_split(&self.train, indices),
+        }
+    }
+
+    /// Features and labels of the whole test split, on centre crops (cached).
+    pub fn test_features(&self) -> Result<(Tensor, Tensor)> {
+        if let Some((f, l)) = self.test_features.get() {
+            return Ok((f.shallow_clone(), l.shallow_clone()));
+        }
+        let all: Vec<usize> = (0..self.test.len()).collect();
+        let (f, l) = self.extract_split(&self.test, &all)?;
+        let _ = self
+            .test_features
+            .set((f.shallow_clone(), l.shallow_clone()));
+        Ok((f, l))
+    }
+
+    fn extract_split(&self, dataset: &Dataset, indices: &[usize]) -> Result<(Tensor, Tensor)> {
+        let recipe = self.recipe(RecipeName::Eval)?;
+        extract(self.backbone(), dataset, &recipe, indices, 256, self.device)
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> i64 {
+        self.train.classes.len() as i64
+    }
+}

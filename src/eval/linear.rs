@@ -1,0 +1,328 @@
+//! The linear probe: a linear classifier on the frozen backbone's pooled
+//! features, trained with cross-entropy on the training split and scored
+//! (top-1, top-5) on the test split, BN in inference mode throughout.
+//!
+//! Two modes:
+//! - `moco`: MoCo's `main_lincls` protocol. Each epoch draws new augmented
+//!   views of the training images (crop 0.08–1 and flip, the `supervised`
+//!   recipe) and passes them through the backbone; SGD with lr 30, momentum
+//!   0.9, no weight decay, batch 256, lr ×0.1 at 60 % and 80 % of the epochs
+//!   (MoCo: 100 epochs, steps at 60 and 80); the classifier starts at
+//!   `W ~ N(0, 0.01²)`, `b = 0`.
+//! - `fast`: the same classifier and optimizer on features extracted once
+//!   from the centre-cropped training images (no augmentation), so each
+//!   epoch costs a few matrix products instead of a pass through the
+//!   backbone. Reports say which mode produced a number.
+
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module, ModuleT};
+use tch::{Kind, Tensor};
+
+use super::frozen::Frozen;
+use crate::data::{Loader, LoaderConfig, RecipeName};
+use crate::error::{Error, Result};
+use crate::seed::derive;
+use crate::train::optim::Sgd;
+use crate::train::trainer::training_images;
+
+/// How the classifier's training images reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LinearMode {
+    /// Features of un-augmented images, extracted once.
+    Fast,
+    /// MoCo's protocol: new augmented views through the backbone every epoch.
+    Moco,
+}
+
+/// The probe's settings (MoCo's values by default, with 100 epochs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearSettings {
+    /// `fast` or `moco`.
+    pub mode: LinearMode,
+    /// Epochs over the training images.
+    pub epochs: usize,
+    /// Learning rate (not scaled with the batch).
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Epochs at which the rate is multiplied by 0.1 [default: 60 % and 80 % of `epochs`].
+    pub milestones: Option<Vec<usize>>,
+    /// Train on a random subset of this many training images.
+    pub max_images: Option<usize>,
+    /// Seed of the classifier's initialisation, shuffling and augmentation.
+    pub seed: u64,
+    /// Data-loading threads (`moco` mode).
+    pub threads: usize,
+}
+
+impl Default for LinearSettings {
+    fn default() -> Self {
+        LinearSettings {
+            mode: LinearMode::Fast,
+            epochs: 100,
+            lr: 30.0,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            batch_size: 256,
+            milestones: None,
+            max_images: None,
+            seed: 0,
+            threads: 1,
+        }
+    }
+}
+
+impl LinearSettings {
+    /// The milestones in use.
+    pub fn milestones(&self) -> Vec<usize> {
+        self.milestones.clone().unwrap_or_else(|| {
+            vec![
+                (self.epochs as f64 * 0.6).round() as usize,
+                (self.epochs as f64 * 0.8).round() as usize,
+            ]
+        })
+    }
+
+    /// The learning rate of `epoch` (0-based): the step schedule.
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        let passed = self.milestones().iter().filter(|&&m| epoch >= m).count();
+        self.lr * 0.1f64.powi(passed as i32)
+    }
+
+    /// Checks the settings; errors name the flag's field.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::config("epochs", "0 (must be ≥ 1)"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::config("lr", format!("{} (must be > 0)", self.lr)));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::config(
+                "momentum",
+                format!("{} (must be in [0, 1))", self.momentum),
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::config("weight_decay", "must be ≥ 0"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::config("batch_size", "0 (must be ≥ 1)"));
+        }
+        if self.max_images == Some(0) {
+            return Err(Error::config("max_images", "0 (must be ≥ 1)"));
+        }
+        Ok(())
+    }
+}
+
+/// One epoch of classifier training.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinearEpoch {
+    /// 0-based.
+    pub epoch: usize,
+    /// The rate used.
+    pub lr: f64,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Training top-1 accuracy (on the views trained on), in [0, 1].
+    pub train_top1: f64,
+}
+
+/// `linear.json`: what a probe measured and how.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinearReport {
+    /// The checkpoint evaluated.
+    pub checkpoint: std::path::PathBuf,
+    /// Its optimizer steps.
+    pub step: u64,
+    /// The settings, mode included.
+    pub settings: LinearSettings,
+    /// Training images the classifier saw.
+    pub train_images: usize,
+    /// Test images scored.
+    pub test_images: usize,
+    /// Test top-1 accuracy, in [0, 1].
+    pub top1: f64,
+    /// Test top-5 accuracy, in [0, 1].
+    pub top5: f64,
+    /// Per-epoch training log.
+    pub epochs: Vec<LinearEpoch>,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// A linear classifier `features → classes` with MoCo's initialisation.
+fn classifier(vs: &nn::VarStore, features: i64, classes: i64) -> nn::Linear {
+    nn::linear(
+        vs.root() / "fc",
+        features,
+        classes,
+        nn::LinearConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.01,
+            },
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        },
+    )
+}
+
+/// Top-1 and top-5 hits of `logits` `[n, C]` against `labels` `[n]`.
+fn hits(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
+    let c = logits.size()[1];
+    let ranked = logits.topk(c.min(5), 1, true, true).1;
+    let right = ranked.eq_tensor(&labels.unsqueeze(1));
+    (
+        right.select(1, 0).sum(Kind::Int64).int64_value(&[]),
+        right.any_dim(1, false).sum(Kind::Int64).int64_value(&[]),
+    )
+}
+
+/// Runs the probe of `settings` on `frozen`'s backbone.
+pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<LinearReport> {
+    settings.validate()?;
+    let start = Instant::now();
+    let device = frozen.device;
+    let classes = frozen.classes();
+    let eval = frozen.recipe(RecipeName::Eval)?;
+    let images = training_images(
+        &crate::train::PretrainConfig {
+            max_images: settings.max_images,
+            seed: derive(settings.seed, &[LINEAR_SUBSET]),
+            ..frozen.config.clone()
+        },
+        frozen.train.len(),
+    );
+    let dim = frozen.config.encoder(eval.channels)?.resnet.feature_dim();
+    tch::manual_seed(settings.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let fc = classifier(&vs, dim, classes);
+    let mut sgd = Sgd::new(&vs, settings.momentum, settings.weight_decay);
+    let mut log = Vec::with_capacity(settings.epochs);
+
+    // One optimizer step on a batch of features; returns (loss sum, top-1 hits).
+    let mut step = |feats: &Tensor, labels: &Tensor, lr: f64| -> Result<(f64, i64)> {
+        let logits = fc.forward(feats);
+        let loss = logits.cross_entropy_for_logits(labels);
+        let value = loss.double_value(&[]);
+        if !value.is_finite() {
+            return Err(Error::Numerical(format!(
+                "the linear probe's loss is {value} (lr {lr}); try a lower --lr"
+            )));
+        }
+        sgd.zero_grad();
+        loss.backward();
+        sgd.step(lr);
+        let n = feats.size()[0];
+        Ok((value * n as f64, tch::no_grad(|| hits(&logits, labels)).0))
+    };
+    let mut finish_epoch = |epoch: usize, lr: f64, sums: (f64, i64), n: usize| {
+        let e = LinearEpoch {
+            epoch,
+            lr,
+            loss: sums.0 / n as f64,
+            train_top1: sums.1 as f64 / n as f64,
+        };
+        log.push(e);
+    };
+
+    match settings.mode {
+        LinearMode::Fast => {
+            let (feats, labels) = frozen.train_features(&images, settings.max_images.is_none())?;
+            let n = images.len();
+            let mut order: Vec<i64> = (0..n as i64).collect();
+            for epoch in 0..settings.epochs {
+                let lr = settings.lr_at(epoch);
+                order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive(
+                    settings.seed,
+                    &[LINEAR_SHUFFLE, epoch as u64],
+                )));
+                let perm = Tensor::from_slice(&order).to_device(device);
+                let mut sums = (0.0, 0);
+                for idx in perm.split(settings.batch_size as i64, 0) {
+                    let (l, h) = step(
+                        &feats.index_select(0, &idx),
+                        &labels.index_select(0, &idx),
+                        lr,
+                    )?;
+                    sums = (sums.0 + l, sums.1 + h);
+                }
+                finish_epoch(epoch, lr, sums, n);
+            }
+        }
+        LinearMode::Moco => {
+            let recipe = frozen.recipe(RecipeName::Supervised)?;
+            // The loader makes two views; the probe trains on the first.
+            let loader = Loader::with_images(
+                frozen.train.clone(),
+                recipe,
+                LoaderConfig {
+                    batch_size: settings.batch_size.min(images.len()),
+                    threads: settings.threads.max(1),
+                    seed: derive(settings.seed, &[LINEAR_AUGMENT]),
+                    drop_last: false,
+                    device,
+                    ..Default::default()
+                },
+                images.clone(),
+            )?;
+            for epoch in 0..settings.epochs {
+                let lr = settings.lr_at(epoch);
+                let mut sums = (0.0, 0);
+                for batch in loader.epoch(epoch as u64) {
+                    let batch = batch?;
+                    let labels = batch.labels.as_ref().ok_or_else(|| {
+                        Error::Internal("a labelled dataset gave a batch without labels".into())
+                    })?;
+                    let feats = tch::no_grad(|| frozen.backbone().forward_t(&batch.view1, false))
+                        .to_kind(Kind::Float);
+                    let (l, h) = step(&feats, labels, lr)?;
+                    sums = (sums.0 + l, sums.1 + h);
+                }
+                finish_epoch(epoch, lr, sums, images.len());
+            }
+        }
+    }
+
+    let (test_f, test_l) = frozen.test_features()?;
+    let (mut top1, mut top5) = (0, 0);
+    tch::no_grad(|| {
+        for (f, l) in test_f.split(4096, 0).iter().zip(test_l.split(4096, 0)) {
+            let (a, b) = hits(&fc.forward(f), &l);
+            top1 += a;
+            top5 += b;
+        }
+    });
+    let n_test = test_f.size()[0] as f64;
+    Ok(LinearReport {
+        checkpoint: frozen.checkpoint.clone(),
+        step: frozen.step,
+        settings: LinearSettings {
+            milestones: Some(settings.milestones()),
+            ..settings.clone()
+        },
+        train_images: images.len(),
+        test_images: n_test as usize,
+        top1: top1 as f64 / n_test,
+        top5: top5 as f64 / n_test,
+        epochs: log,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Seed streams of the probe.
+const LINEAR_SUBSET: u64 = 31;
+const LINEAR_SHUFFLE: u64 = 32;
+const LINEAR_AUGMENT: u64 = 33;

@@ -1,0 +1,99 @@
+//! The supervised baseline: the same backbone trained with cross-entropy on
+//! the labels through a linear classifier `fc` (torchvision's name), on the
+//! first view of each image. Its checkpoints are read by evaluation and
+//! export exactly like the contrastive ones, so every self-supervised number
+//! can be shown beside it.
+//!
+//! Diagnostics, so that its metrics fill the same fields: `mi_bound` is
+//! `ln C − L`, the Barber–Agakov lower bound on I(image; label) for C
+//! balanced classes, and `grad_norm_q` is the mean `‖∂L_i/∂f_i‖ =
+//! ‖Wᵀ(p_i − y_i)‖` with respect to each image's features `f_i`.
+
+use std::collections::HashMap;
+
+use tch::nn::{self, Module, ModuleT, VarStore};
+use tch::{Device, Kind, Tensor};
+
+use super::{Method, StepOutput};
+use crate::data::TwoViewBatch;
+use crate::error::{Error, Result};
+use crate::model::{EncoderConfig, ResNet};
+
+/// A backbone with a linear classifier, trained on labels.
+pub struct Supervised {
+    vs: VarStore,
+    backbone: ResNet,
+    fc: nn::Linear,
+    classes: i64,
+}
+
+impl Supervised {
+    /// The backbone of `enc` (its head is not used) and `fc: features → classes`.
+    pub fn new(enc: &EncoderConfig, classes: usize, device: Device) -> Result<Supervised> {
+        if classes < 2 {
+            return Err(Error::config(
+                "method",
+                format!("supervised training needs at least 2 classes; the dataset has {classes}"),
+            ));
+        }
+        let vs = VarStore::new(device);
+        let backbone = ResNet::new(&vs.root(), enc.resnet)?;
+        let fc = nn::linear(
+            vs.root() / "fc",
+            enc.resnet.feature_dim(),
+            classes as i64,
+            Default::default(),
+        );
+        Ok(Supervised {
+            vs,
+            backbone,
+            fc,
+            classes: classes as i64,
+        })
+    }
+}
+
+impl Method for Supervised {
+    fn forward(&mut self, batch: &TwoViewBatch, _step: u64) -> Result<StepOutput> {
+        let labels = batch.labels.as_ref().ok_or_else(|| {
+            Error::config(
+                "method",
+                "supervised needs a labelled dataset; this one has no labels",
+            )
+        })?;
+        let features = self.backbone.forward_t(&batch.view1, true);
+        let logits = self.fc.forward(&features).to_kind(Kind::Float);
+        let loss = logits.cross_entropy_for_logits(labels);
+        let (mi_bound, grad_norm_q) = tch::no_grad(|| {
+            let residual =
+                logits.softmax(-1, Kind::Float) - labels.one_hot(self.classes).to_kind(Kind::Float);
+            let grad = residual.matmul(&self.fc.ws.to_kind(Kind::Float));
+            let norm = grad
+                .norm_scalaropt_dim(2, [1], false)
+                .mean(Kind::Float)
+                .double_value(&[]);
+            ((self.classes as f64).ln() - loss.double_value(&[]), norm)
+        });
+        Ok(StepOutput {
+            loss,
+            mi_bound,
+            grad_norm_q,
+        })
+    }
+
+    fn query(&self) -> &VarStore {
+        &self.vs
+    }
+
+    fn backbone(&self) -> &ResNet {
+        &self.backbone
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn load_state(&mut self, _state: &HashMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
+}

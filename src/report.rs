@@ -1,0 +1,363 @@
+//! Reports of pretraining runs (`eqco report`, and the end of `eqco sweep`):
+//! a Markdown table, training curves (loss, MI bound, gradient norm, kNN
+//! monitor), and the accuracy of the frozen backbones against K with and
+//! without EqCo, beside the random-init and supervised baselines.
+//!
+//! A run's evaluations are read from `<run>/eval/knn.json` and
+//! `<run>/eval/linear.json` (written by `eqco sweep`, or by `eqco eval …
+//! --out <run>/eval`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::eval::{KnnReport, LinearMode, LinearReport};
+use crate::io::atomic_write;
+use crate::plot::{write_png, Panel, Series, Stroke};
+use crate::train::config::MethodName;
+use crate::train::metrics::{self, tail_mean, StepMetrics};
+use crate::train::plots;
+use crate::train::trainer::run_config;
+use crate::train::PretrainConfig;
+
+/// What a run is, for grouping in tables and plots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// A contrastive run.
+    Contrastive,
+    /// The network as initialised (`max_steps = 0`).
+    RandomInit,
+    /// The supervised baseline.
+    Supervised,
+}
+
+/// A run as the report shows it.
+pub struct RunView {
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Its configuration.
+    pub cfg: PretrainConfig,
+    /// Its metrics (none for a random-init run).
+    pub metrics: Vec<StepMetrics>,
+    /// kNN evaluation, if made.
+    pub knn: Option<KnnReport>,
+    /// Linear probe, if made.
+    pub linear: Option<LinearReport>,
+}
+
+impl RunView {
+    /// Reads a run folder.
+    pub fn read(dir: &Path) -> Result<RunView> {
+        let cfg = run_config(dir, &[])?;
+        let metrics = metrics::read(&dir.join("metrics.jsonl"))?;
+        Ok(RunView {
+            dir: dir.to_path_buf(),
+            metrics,
+            knn: read_json(&dir.join("eval/knn.json"))?,
+            linear: read_json(&dir.join("eval/linear.json"))?,
+            cfg,
+        })
+    }
+
+    /// Contrastive run or baseline.
+    pub fn role(&self) -> Role {
+        if self.cfg.max_steps == Some(0) {
+            Role::RandomInit
+        } else if self.cfg.method == MethodName::Supervised {
+            Role::Supervised
+        } else {
+            Role::Contrastive
+        }
+    }
+
+    /// "simo K=16 EqCo α=256", "simo K=16 InfoNCE", "random init", "supervised".
+    pub fn label(&self) -> String {
+        match self.role() {
+            Role::RandomInit => "random init".into(),
+            Role::Supervised => "supervised".into(),
+            Role::Contrastive => format!("{} K={}", self.family(), self.cfg.k()),
+        }
+    }
+
+    /// The method and loss without K: the series a run belongs to in accuracy-vs-K plots.
+    pub fn family(&self) -> String {
+        let loss = self
+            .cfg
+            .alpha
+            .map_or("InfoNCE".to_string(), |a| format!("EqCo α={a}"));
+        let method = format!("{:?}", self.cfg.method).to_lowercase();
+        format!("{method} {loss}")
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::Data {
+                path: path.to_path_buf(),
+                message: format!("not a valid evaluation file: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Run folders from the arguments: a sweep folder (with `sweep.toml`)
+/// stands for each of its runs.
+pub fn expand(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        if dir.join("sweep.toml").is_file() {
+            let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+            let mut runs: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("config.toml").is_file())
+                .collect();
+            runs.sort();
+            out.extend(runs);
+        } else {
+            out.push(dir.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Colours for up to ten series (then repeated).
+pub const COLORS: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (255, 127, 14),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{:.2}", 100.0 * v))
+}
+
+fn mode(r: &LinearReport) -> &'static str {
+    match r.settings.mode {
+        LinearMode::Fast => "fast",
+        LinearMode::Moco => "moco",
+    }
+}
+
+/// Writes `report.md`, `report.png` (training curves) and, when runs were
+/// evaluated, `accuracy.png` into `out`; returns the Markdown.
+pub fn write(dirs: &[PathBuf], out: &Path) -> Result<String> {
+    let mut runs = Vec::new();
+    for dir in expand(dirs)? {
+        runs.push(RunView::read(&dir)?);
+    }
+    if runs.is_empty() {
+        return Err(Error::config("runs", "no run folders given"));
+    }
+    runs.sort_by(|a, b| {
+        (a.role(), a.family(), a.cfg.k(), a.dir.clone()).cmp(&(
+            b.role(),
+            b.family(),
+            b.cfg.k(),
+            b.dir.clone(),
+        ))
+    });
+
+    let mut md = String::from("# eqco report\n\n");
+    md.push_str(
+        "MI bound: `ln K + m/τ − L` (`ln α − L` under EqCo; supervised: `ln C − L`); training figures are means over the last 10 % of steps. \
+         Accuracies are top-1 on the test split of the frozen backbone (`eval/knn.json`, `eval/linear.json`; linear mode in brackets).\n\n",
+    );
+    md.push_str("| run | method | K | α | N | steps | loss | MI bound | ‖∂L/∂q‖ | kNN top-1 % | linear top-1 % |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in &runs {
+        let m = &r.metrics;
+        let tail = |f: fn(&StepMetrics) -> f64| {
+            if m.is_empty() {
+                "–".to_string()
+            } else {
+                format!("{:.4}", tail_mean(m, f))
+            }
+        };
+        let contrastive = r.role() == Role::Contrastive;
+        let _ = writeln!(
+            md,
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.dir.display(),
+            match r.role() {
+                Role::RandomInit => "random init".to_string(),
+                _ => format!("{:?}", r.cfg.method).to_lowercase(),
+            },
+            if contrastive {
+                r.cfg.k().to_string()
+            } else {
+                "–".into()
+            },
+            match (contrastive, r.cfg.alpha) {
+                (true, Some(a)) => a.to_string(),
+                (true, None) => "none".into(),
+                _ => "–".into(),
+            },
+            r.cfg.batch_size,
+            m.last().map_or(0, |x| x.step),
+            tail(|x| x.loss),
+            tail(|x| x.mi_bound),
+            tail(|x| x.grad_norm_q),
+            pct(r.knn.as_ref().map(|k| k.top1)),
+            r.linear.as_ref().map_or("–".into(), |l| format!(
+                "{} ({})",
+                pct(Some(l.top1)),
+                mode(l)
+            )),
+        );
+    }
+
+    crate::io::create_dir(out)?;
+    let trained: Vec<&RunView> = runs.iter().filter(|r| !r.metrics.is_empty()).collect();
+    if !trained.is_empty() {
+        md.push_str(
+            "\n![loss, MI bound, gradient norm and kNN monitor over training](report.png)\n",
+        );
+        write_png(
+            &out.join("report.png"),
+            &training_panels(&trained),
+            2,
+            (560, 420),
+        )?;
+    }
+    let accuracy = accuracy_panels(&runs);
+    if !accuracy.is_empty() {
+        md.push_str(
+            "\n![accuracy against K, with and without EqCo, beside the baselines](accuracy.png)\n",
+        );
+        write_png(&out.join("accuracy.png"), &accuracy, 2, (600, 440))?;
+    }
+    atomic_write(&out.join("report.md"), md.as_bytes())?;
+    Ok(md)
+}
+
+fn training_panels(runs: &[&RunView]) -> Vec<Panel> {
+    let curves: Vec<_> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| plots::Curve {
+            label: r.label(),
+            metrics: &r.metrics,
+            color: COLORS[i % COLORS.len()],
+            stroke: if r.cfg.alpha.is_some() {
+                Stroke::Solid
+            } else {
+                Stroke::Dashed
+            },
+        })
+        .collect();
+    let mut panels = plots::panels(&plots::TRAINING_FIELDS, &curves);
+    let knn: Vec<Series> = curves
+        .iter()
+        .map(|c| Series {
+            name: c.label.clone(),
+            points: c
+                .metrics
+                .iter()
+                .filter_map(|m| m.knn_top1.map(|a| (m.step as f64, 100.0 * a)))
+                .collect(),
+            color: c.color,
+            stroke: c.stroke,
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    if !knn.is_empty() {
+        panels.push(Panel {
+            title: "kNN monitor".into(),
+            x_label: "step".into(),
+            y_label: "kNN top-1 (%)".into(),
+            x_ticks: None,
+            series: knn,
+        });
+    }
+    panels
+}
+
+/// Panels of linear and kNN top-1 against K (log scale): one series per
+/// method and loss, the baselines as horizontal lines.
+fn accuracy_panels(runs: &[RunView]) -> Vec<Panel> {
+    type Pick = fn(&RunView) -> Option<f64>;
+    let picks: [(&str, Pick); 2] = [
+        ("linear probe", |r| {
+            r.linear.as_ref().map(|l| 100.0 * l.top1)
+        }),
+        ("kNN", |r| r.knn.as_ref().map(|k| 100.0 * k.top1)),
+    ];
+    let mut panels = Vec::new();
+    for (name, pick) in picks {
+        let points: Vec<(&RunView, f64)> = runs
+            .iter()
+            .filter(|r| r.role() == Role::Contrastive)
+            .filter_map(|r| pick(r).map(|a| (r, a)))
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        let xs = points.iter().map(|(r, _)| (r.cfg.k().max(1) as f64).log2());
+        let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+        let mut families: Vec<String> = points.iter().map(|(r, _)| r.family()).collect();
+        families.dedup();
+        families.sort();
+        families.dedup();
+        let mut series: Vec<Series> = families
+            .iter()
+            .enumerate()
+            .map(|(i, fam)| {
+                let mut pts: Vec<(f64, f64)> = points
+                    .iter()
+                    .filter(|(r, _)| &r.family() == fam)
+                    .map(|(r, a)| ((r.cfg.k().max(1) as f64).log2(), *a))
+                    .collect();
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Series {
+                    name: fam.clone(),
+                    points: pts,
+                    color: COLORS[i % COLORS.len()],
+                    stroke: if fam.contains("EqCo") {
+                        Stroke::Solid
+                    } else {
+                        Stroke::Dashed
+                    },
+                }
+            })
+            .collect();
+        for (j, r) in runs
+            .iter()
+            .filter(|r| r.role() != Role::Contrastive)
+            .enumerate()
+        {
+            if let Some(a) = pick(r) {
+                series.push(Series {
+                    name: format!("{} (baseline)", r.label()),
+                    points: vec![(x0, a), (x1.max(x0 + 1.0), a)],
+                    color: COLORS[(families.len() + j) % COLORS.len()],
+                    stroke: Stroke::Thin,
+                });
+            }
+        }
+        panels.push(Panel {
+            title: format!("{name} top-1 against K"),
+            x_label: "negatives K".into(),
+            y_label: "top-1 (%)".into(),
+            x_ticks: Some(|v| {
+                if (v - v.round()).abs() < 1e-9 {
+                    format!("{}", 2f64.powf(v.round()))
+                } else {
+                    String::new()
+                }
+            }),
+            series,
+        });
+    }
+    panels
+}
