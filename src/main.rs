@@ -3,6 +3,13 @@
 use clap::Parser;
 
 fn main() {
+    // Output piped into `head` and the like ends the program quietly, as in
+    // other Unix tools, instead of a panic on a closed pipe.
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = eqco::cli::Cli::parse();
     if let Err(err) = eqco::cli::run(cli) {
         eprintln!("error: {err:#}");

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod pretrain;
 pub mod report;
 pub mod sweep;
@@ -46,6 +47,8 @@ pub enum Command {
     Sweep(sweep::SweepArgs),
     /// A Markdown summary and plots of pretraining runs.
     Report(report::ReportArgs),
+    /// Backbone weights for other frameworks (torchvision's ResNet names).
+    Export(export::ExportArgs),
     /// Datasets: inspect a dataset and its augmentations.
     Data {
         /// Which data command.
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sweep(args) => sweep::run(args),
         Command::Report(args) => report::run(args),
         Command::Eval { which } => eval::run(which),
+        Command::Export(args) => export::run(args),
         Command::Data { which } => data::run(which),
         Command::Bench { which } => bench::run(which),
     }

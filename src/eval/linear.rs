@@ -24,6 +24,7 @@ use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
 use super::frozen::Frozen;
+use super::knn::Accuracy;
 use crate::data::{Loader, LoaderConfig, RecipeName};
 use crate::error::{Error, Result};
 use crate::seed::derive;
@@ -162,21 +163,118 @@ pub struct LinearReport {
     pub seconds: f64,
 }
 
-/// A linear classifier `features → classes` with MoCo's initialisation.
-fn classifier(vs: &nn::VarStore, features: i64, classes: i64) -> nn::Linear {
-    nn::linear(
-        vs.root() / "fc",
-        features,
-        classes,
-        nn::LinearConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.01,
+/// A linear classifier `features → classes` (MoCo's initialisation: `W ~
+/// N(0, 0.01²)`, `b = 0`) with its SGD.
+pub struct Probe {
+    fc: nn::Linear,
+    sgd: Sgd,
+    _vs: nn::VarStore,
+}
+
+impl Probe {
+    /// A fresh classifier on `device`, initialised from `seed`.
+    pub fn new(
+        features: i64,
+        classes: i64,
+        settings: &LinearSettings,
+        device: tch::Device,
+    ) -> Probe {
+        tch::manual_seed(settings.seed as i64);
+        let vs = nn::VarStore::new(device);
+        let fc = nn::linear(
+            vs.root() / "fc",
+            features,
+            classes,
+            nn::LinearConfig {
+                ws_init: nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.01,
+                },
+                bs_init: Some(nn::Init::Const(0.0)),
+                bias: true,
             },
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        },
-    )
+        );
+        let sgd = Sgd::new(&vs, settings.momentum, settings.weight_decay);
+        Probe { fc, sgd, _vs: vs }
+    }
+
+    /// One SGD step on features `[n, F]` with labels `[n]`; returns the
+    /// summed loss and the top-1 hits of the batch.
+    pub fn step(&mut self, feats: &Tensor, labels: &Tensor, lr: f64) -> Result<(f64, i64)> {
+        let logits = self.fc.forward(feats);
+        let loss = logits.cross_entropy_for_logits(labels);
+        let value = loss.double_value(&[]);
+        if !value.is_finite() {
+            return Err(Error::Numerical(format!(
+                "the linear probe's loss is {value} (lr {lr}); try a lower --lr"
+            )));
+        }
+        self.sgd.zero_grad();
+        loss.backward();
+        self.sgd.step(lr);
+        let n = feats.size()[0];
+        Ok((value * n as f64, tch::no_grad(|| hits(&logits, labels)).0))
+    }
+
+    /// Top-1 and top-5 accuracy on features `[n, F]` with labels `[n]`.
+    pub fn accuracy(&self, feats: &Tensor, labels: &Tensor) -> Accuracy {
+        let (mut top1, mut top5) = (0, 0);
+        tch::no_grad(|| {
+            for (f, l) in feats.split(4096, 0).iter().zip(labels.split(4096, 0)) {
+                let (a, b) = hits(&self.fc.forward(f), &l);
+                top1 += a;
+                top5 += b;
+            }
+        });
+        let n = feats.size()[0].max(1) as f64;
+        Accuracy {
+            top1: top1 as f64 / n,
+            top5: top5 as f64 / n,
+        }
+    }
+
+    /// Trains on fixed features `[n, F]` and labels `[n]` for the settings'
+    /// epochs (shuffled each epoch, last batch kept): the fast mode.
+    pub fn fit(
+        &mut self,
+        feats: &Tensor,
+        labels: &Tensor,
+        settings: &LinearSettings,
+    ) -> Result<Vec<LinearEpoch>> {
+        let n = feats.size()[0];
+        let mut order: Vec<i64> = (0..n).collect();
+        let mut log = Vec::with_capacity(settings.epochs);
+        for epoch in 0..settings.epochs {
+            let lr = settings.lr_at(epoch);
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive(
+                settings.seed,
+                &[LINEAR_SHUFFLE, epoch as u64],
+            )));
+            let perm = Tensor::from_slice(&order).to_device(feats.device());
+            let mut sums = (0.0, 0);
+            for idx in perm.split(settings.batch_size as i64, 0) {
+                let (l, h) = self.step(
+                    &feats.index_select(0, &idx),
+                    &labels.index_select(0, &idx),
+                    lr,
+                )?;
+                sums = (sums.0 + l, sums.1 + h);
+            }
+            log.push(LinearEpoch::new(epoch, lr, sums, n as usize));
+        }
+        Ok(log)
+    }
+}
+
+impl LinearEpoch {
+    fn new(epoch: usize, lr: f64, (loss, hits): (f64, i64), n: usize) -> LinearEpoch {
+        LinearEpoch {
+            epoch,
+            lr,
+            loss: loss / n.max(1) as f64,
+            train_top1: hits as f64 / n.max(1) as f64,
+        }
+    }
 }
 
 /// Top-1 and top-5 hits of `logits` `[n, C]` against `labels` `[n]`.
@@ -195,7 +293,6 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
     settings.validate()?;
     let start = Instant::now();
     let device = frozen.device;
-    let classes = frozen.classes();
     let eval = frozen.recipe(RecipeName::Eval)?;
     let images = training_images(
         &crate::train::PretrainConfig {
@@ -206,61 +303,11 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
         frozen.train.len(),
     );
     let dim = frozen.config.encoder(eval.channels)?.resnet.feature_dim();
-    tch::manual_seed(settings.seed as i64);
-    let vs = nn::VarStore::new(device);
-    let fc = classifier(&vs, dim, classes);
-    let mut sgd = Sgd::new(&vs, settings.momentum, settings.weight_decay);
-    let mut log = Vec::with_capacity(settings.epochs);
-
-    // One optimizer step on a batch of features; returns (loss sum, top-1 hits).
-    let mut step = |feats: &Tensor, labels: &Tensor, lr: f64| -> Result<(f64, i64)> {
-        let logits = fc.forward(feats);
-        let loss = logits.cross_entropy_for_logits(labels);
-        let value = loss.double_value(&[]);
-        if !value.is_finite() {
-            return Err(Error::Numerical(format!(
-                "the linear probe's loss is {value} (lr {lr}); try a lower --lr"
-            )));
-        }
-        sgd.zero_grad();
-        loss.backward();
-        sgd.step(lr);
-        let n = feats.size()[0];
-        Ok((value * n as f64, tch::no_grad(|| hits(&logits, labels)).0))
-    };
-    let mut finish_epoch = |epoch: usize, lr: f64, sums: (f64, i64), n: usize| {
-        let e = LinearEpoch {
-            epoch,
-            lr,
-            loss: sums.0 / n as f64,
-            train_top1: sums.1 as f64 / n as f64,
-        };
-        log.push(e);
-    };
-
-    match settings.mode {
+    let mut probe = Probe::new(dim, frozen.classes(), settings, device);
+    let log = match settings.mode {
         LinearMode::Fast => {
             let (feats, labels) = frozen.train_features(&images, settings.max_images.is_none())?;
-            let n = images.len();
-            let mut order: Vec<i64> = (0..n as i64).collect();
-            for epoch in 0..settings.epochs {
-                let lr = settings.lr_at(epoch);
-                order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive(
-                    settings.seed,
-                    &[LINEAR_SHUFFLE, epoch as u64],
-                )));
-                let perm = Tensor::from_slice(&order).to_device(device);
-                let mut sums = (0.0, 0);
-                for idx in perm.split(settings.batch_size as i64, 0) {
-                    let (l, h) = step(
-                        &feats.index_select(0, &idx),
-                        &labels.index_select(0, &idx),
-                        lr,
-                    )?;
-                    sums = (sums.0 + l, sums.1 + h);
-                }
-                finish_epoch(epoch, lr, sums, n);
-            }
+            probe.fit(&feats, &labels, settings)?
         }
         LinearMode::Moco => {
             let recipe = frozen.recipe(RecipeName::Supervised)?;
@@ -278,6 +325,7 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
                 },
                 images.clone(),
             )?;
+            let mut log = Vec::with_capacity(settings.epochs);
             for epoch in 0..settings.epochs {
                 let lr = settings.lr_at(epoch);
                 let mut sums = (0.0, 0);
@@ -288,24 +336,16 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
                     })?;
                     let feats = tch::no_grad(|| frozen.backbone().forward_t(&batch.view1, false))
                         .to_kind(Kind::Float);
-                    let (l, h) = step(&feats, labels, lr)?;
+                    let (l, h) = probe.step(&feats, labels, lr)?;
                     sums = (sums.0 + l, sums.1 + h);
                 }
-                finish_epoch(epoch, lr, sums, images.len());
+                log.push(LinearEpoch::new(epoch, lr, sums, images.len()));
             }
+            log
         }
-    }
-
+    };
     let (test_f, test_l) = frozen.test_features()?;
-    let (mut top1, mut top5) = (0, 0);
-    tch::no_grad(|| {
-        for (f, l) in test_f.split(4096, 0).iter().zip(test_l.split(4096, 0)) {
-            let (a, b) = hits(&fc.forward(f), &l);
-            top1 += a;
-            top5 += b;
-        }
-    });
-    let n_test = test_f.size()[0] as f64;
+    let acc = probe.accuracy(&test_f, &test_l);
     Ok(LinearReport {
         checkpoint: frozen.checkpoint.clone(),
         step: frozen.step,
@@ -314,9 +354,9 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
             ..settings.clone()
         },
         train_images: images.len(),
-        test_images: n_test as usize,
-        top1: top1 as f64 / n_test,
-        top5: top5 as f64 / n_test,
+        test_images: test_f.size()[0] as usize,
+        top1: acc.top1,
+        top5: acc.top5,
         epochs: log,
         seconds: start.elapsed().as_secs_f64(),
     })
@@ -326,3 +366,74 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
 const LINEAR_SUBSET: u64 = 31;
 const LINEAR_SHUFFLE: u64 = 32;
 const LINEAR_AUGMENT: u64 = 33;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three Gaussian blobs in 8 dimensions, `n` points each.
+    fn blobs(n: i64, seed: i64) -> (Tensor, Tensor) {
+        tch::manual_seed(seed);
+        let centres = Tensor::from_slice(&[4.0f32, 0.0, -4.0])
+            .view([3, 1])
+            .repeat([1, 8]);
+        let labels = Tensor::arange(3, (Kind::Int64, tch::Device::Cpu))
+            .repeat_interleave_self_int(n, None, None);
+        let x = centres.index_select(0, &labels)
+            + Tensor::randn([3 * n, 8], (Kind::Float, tch::Device::Cpu));
+        (x, labels)
+    }
+
+    fn settings() -> LinearSettings {
+        LinearSettings {
+            epochs: 10,
+            lr: 0.1,
+            batch_size: 32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn separable_features_are_classified() {
+        let (x, y) = blobs(100, 1);
+        let (tx, ty) = blobs(50, 2);
+        let s = settings();
+        let mut probe = Probe::new(8, 3, &s, tch::Device::Cpu);
+        let before = probe.accuracy(&tx, &ty);
+        let log = probe.fit(&x, &y, &s).unwrap();
+        let after = probe.accuracy(&tx, &ty);
+        assert!(after.top1 > 0.97, "{after:?}");
+        assert!(
+            before.top1 < 0.7,
+            "the untrained probe is not already right: {before:?}"
+        );
+        assert!(log.last().unwrap().loss < log[0].loss);
+        assert_eq!(after.top5, 1.0, "3 classes are all in the top 5");
+    }
+
+    #[test]
+    fn shuffled_labels_are_not_learned() {
+        let (x, y) = blobs(100, 1);
+        let (tx, ty) = blobs(50, 2);
+        let perm = Tensor::randperm(300, (Kind::Int64, tch::Device::Cpu));
+        let s = settings();
+        let mut probe = Probe::new(8, 3, &s, tch::Device::Cpu);
+        probe.fit(&x, &y.index_select(0, &perm), &s).unwrap();
+        let acc = probe.accuracy(&tx, &ty);
+        assert!(acc.top1 < 0.6, "{acc:?}");
+    }
+
+    #[test]
+    fn step_schedule_and_a_diverging_lr() {
+        let s = LinearSettings::default();
+        assert_eq!(s.milestones(), vec![60, 80]);
+        assert_eq!(s.lr_at(59), 30.0);
+        assert!((s.lr_at(60) - 3.0).abs() < 1e-12 && (s.lr_at(99) - 0.3).abs() < 1e-12);
+        let (x, y) = blobs(10, 1);
+        let mut probe = Probe::new(8, 3, &s, tch::Device::Cpu);
+        let err = probe
+            .step(&(x * 1e30), &y, 1e30)
+            .and_then(|_| probe.step(&blobs(10, 1).0, &y, 1.0));
+        assert!(matches!(err, Err(Error::Numerical(_))), "{err:?}");
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod ema;
 pub mod encoder;
+pub mod export;
 pub mod head;
 pub mod resnet;
 
