@@ -332,7 +332,7 @@ pub fn run(cfg: &SweepConfig, resolved: &str, opts: &SweepOptions) -> Result<Str
         }
         evaluate(&cfg.eval, &dir, &head, run.config.seed, opts)?;
     }
-    crate::report::write(&[out.clone()], out)
+    crate::report::write(std::slice::from_ref(out), out)
 }
 
 /// The evaluations of one run not made yet, into `<run>/eval/`.

@@ -151,7 +151,7 @@ fn write_learnable_idx(dir: &Path, n: usize) {
         for i in 0..count {
             let class = (i * 7 % 10) as u8;
             labels.push(class);
-            images.extend((0..256).map(|p| (class * 24 + ((i * 31 + p * 17) % 13) as u8).min(255)));
+            images.extend((0..256).map(|p| class * 24 + ((i * 31 + p * 17) % 13) as u8));
         }
         std::fs::File::create(dir.join(format!("{prefix}-images-idx3-ubyte")))
             .and_then(|mut f| f.write_all(&images))

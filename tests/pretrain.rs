@@ -260,7 +260,7 @@ fn report_summarises_runs() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
-        stdout.contains("| 8 | 64 | 3 |") && stdout.contains("| 8 | none | 3 |"),
+        stdout.contains("| 8 | 64 | 32 | 3 |") && stdout.contains("| 8 | none | 32 | 3 |"),
         "{stdout}"
     );
     assert!(report.join("report.png").is_file() && report.join("report.md").is_file());
