@@ -9,6 +9,8 @@
 //! - [`toy`]: the mutual-information experiment on correlated Gaussians (Table 5).
 //! - [`cli`]: the `eqco` command line.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod data;
 pub mod device;
