@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate_knn, evaluate_linear, Frozen, KnnSettings, LinearMode, LinearSettings};
 use crate::io::atomic_write;
 use crate::train::checkpoint;
+use crate::train::config::{parse_value, resolve};
 use crate::train::trainer::{pretrain, TrainOptions};
 use crate::train::PretrainConfig;
 
@@ -160,24 +161,7 @@ impl SweepConfig {
     /// Resolves `--config` (a sweep preset or file) and `--set key=value`
     /// (added to the sweep's `set`); errors name the file and key.
     pub fn load(spec: &str, sets: &[String]) -> Result<(SweepConfig, String)> {
-        let (text, origin) = if let Some((_, text)) = SWEEP_PRESETS.iter().find(|(n, _)| *n == spec)
-        {
-            (text.to_string(), format!("sweep preset {spec}"))
-        } else if spec.ends_with(".toml") || Path::new(spec).is_file() {
-            (
-                std::fs::read_to_string(spec).map_err(|e| Error::io(spec, e))?,
-                spec.to_string(),
-            )
-        } else {
-            let names: Vec<&str> = SWEEP_PRESETS.iter().map(|p| p.0).collect();
-            return Err(Error::config(
-                "--config",
-                format!(
-                    "unknown sweep preset '{spec}' (presets: {}; or give a .toml file)",
-                    names.join(", ")
-                ),
-            ));
-        };
+        let (text, origin) = resolve(spec, &SWEEP_PRESETS, "sweep preset")?;
         let mut cfg: SweepConfig = toml::from_str(&text).map_err(|e| {
             Error::config(
                 origin.clone(),
@@ -188,12 +172,8 @@ impl SweepConfig {
             let (key, value) = set
                 .split_once('=')
                 .ok_or_else(|| Error::config("--set", format!("'{set}' is not key=value")))?;
-            let v = format!("v = {}", value.trim())
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(value.trim().to_string()));
-            cfg.set.insert(key.trim().to_string(), v);
+            cfg.set
+                .insert(key.trim().to_string(), parse_value(value.trim()));
         }
         let resolved = toml::to_string(&cfg).expect("plain data serialises");
         Ok((cfg, resolved))

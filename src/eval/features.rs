@@ -14,7 +14,7 @@ use crate::seed::derive;
 
 /// Pooled features `[n, F]` (float32, not normalised) and labels `[n]` (−1
 /// where the dataset has none) of images `indices` of `dataset`, in batches
-/// of `batch`.
+/// of `batch` (a random recipe draws each image's view from its index).
 pub fn extract(
     backbone: &ResNet,
     dataset: &Dataset,
@@ -23,27 +23,13 @@ pub fn extract(
     batch: usize,
     device: Device,
 ) -> Result<(Tensor, Tensor)> {
-    extract_views(backbone, dataset, recipe, indices, batch, device, 0)
-}
-
-/// As [`extract`], with the views of a random recipe drawn from `seed` and
-/// each image's index (the same views for the same seed).
-pub fn extract_views(
-    backbone: &ResNet,
-    dataset: &Dataset,
-    recipe: &Recipe,
-    indices: &[usize],
-    batch: usize,
-    device: Device,
-    seed: u64,
-) -> Result<(Tensor, Tensor)> {
     let len = recipe.view_len();
     let s = recipe.size() as i64;
     let mut feats = Vec::new();
     for chunk in indices.chunks(batch.max(1)) {
         let mut buf = vec![0f32; chunk.len() * len];
         for (&i, out) in chunk.iter().zip(buf.chunks_exact_mut(len)) {
-            let mut rng = ChaCha8Rng::seed_from_u64(derive(seed, &[i as u64]));
+            let mut rng = ChaCha8Rng::seed_from_u64(derive(0, &[i as u64]));
             recipe.apply(&dataset.image(i)?, &mut rng, out)?;
         }
         let x = Tensor::from_slice(&buf)

@@ -105,18 +105,7 @@ impl LinearSettings {
         if self.epochs == 0 {
             return Err(Error::config("epochs", "0 (must be ≥ 1)"));
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::config("lr", format!("{} (must be > 0)", self.lr)));
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return Err(Error::config(
-                "momentum",
-                format!("{} (must be in [0, 1))", self.momentum),
-            ));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(Error::config("weight_decay", "must be ≥ 0"));
-        }
+        crate::train::optim::validate(self.lr, self.momentum, self.weight_decay)?;
         if self.batch_size == 0 {
             return Err(Error::config("batch_size", "0 (must be ≥ 1)"));
         }

@@ -237,9 +237,30 @@ fn parse_table(text: &str, origin: &str) -> Result<toml::Table> {
         .map_err(|e| Error::config(origin, format!("not valid TOML: {}", e.message())))
 }
 
+/// The text of `spec` and where it came from: a compiled-in preset of
+/// `presets` by name, else a TOML file; anything else is an error listing
+/// the `kind`s (e.g. "preset") there are.
+pub fn resolve(spec: &str, presets: &[(&str, &str)], kind: &str) -> Result<(String, String)> {
+    if let Some((_, text)) = presets.iter().find(|(n, _)| *n == spec) {
+        Ok((text.to_string(), format!("{kind} {spec}")))
+    } else if spec.ends_with(".toml") || Path::new(spec).is_file() {
+        let text = std::fs::read_to_string(spec).map_err(|e| Error::io(spec, e))?;
+        Ok((text, spec.to_string()))
+    } else {
+        let names: Vec<&str> = presets.iter().map(|p| p.0).collect();
+        Err(Error::config(
+            "--config",
+            format!(
+                "unknown {kind} '{spec}' ({kind}s: {}; or give a .toml file)",
+                names.join(", ")
+            ),
+        ))
+    }
+}
+
 /// The value of `--set key=value`: TOML if it parses (numbers, booleans,
 /// arrays, quoted strings), else the text as a string.
-fn parse_value(raw: &str) -> toml::Value {
+pub fn parse_value(raw: &str) -> toml::Value {
     format!("v = {raw}")
         .parse::<toml::Table>()
         .ok()
@@ -252,21 +273,8 @@ impl PretrainConfig {
     /// overrides, then validates. Errors name the key, file or preset.
     pub fn load(config: Option<&str>, sets: &[String]) -> Result<PretrainConfig> {
         let spec = config.unwrap_or(DEFAULT_PRESET);
-        let mut table = if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == spec) {
-            parse_table(text, &format!("preset {spec}"))?
-        } else if spec.ends_with(".toml") || Path::new(spec).is_file() {
-            let text = std::fs::read_to_string(spec).map_err(|e| Error::io(spec, e))?;
-            parse_table(&text, spec)?
-        } else {
-            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
-            return Err(Error::config(
-                "--config",
-                format!(
-                    "unknown preset '{spec}' (presets: {}; or give a .toml file)",
-                    names.join(", ")
-                ),
-            ));
-        };
+        let (text, origin) = resolve(spec, &PRESETS, "preset")?;
+        let mut table = parse_table(&text, &origin)?;
         for set in sets {
             let (key, value) = set
                 .split_once('=')
@@ -438,22 +446,7 @@ impl PretrainConfig {
         if self.epochs == 0 {
             return Err(Error::config("epochs", "0 (must be ≥ 1)"));
         }
-        let positive = |v: f64| v.is_finite() && v > 0.0;
-        if !positive(self.lr) {
-            return Err(Error::config("lr", format!("{} (must be > 0)", self.lr)));
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return Err(Error::config(
-                "momentum",
-                format!("{} (must be in [0, 1))", self.momentum),
-            ));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(Error::config(
-                "weight_decay",
-                format!("{} (must be ≥ 0)", self.weight_decay),
-            ));
-        }
+        super::optim::validate(self.lr, self.momentum, self.weight_decay)?;
         if !(self.warmup_epochs.is_finite()
             && self.warmup_epochs >= 0.0
             && self.warmup_epochs < self.epochs as f64)

@@ -8,6 +8,26 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 
+/// Checks SGD's hyperparameters; errors name `lr`, `momentum` or `weight_decay`.
+pub fn validate(lr: f64, momentum: f64, weight_decay: f64) -> Result<()> {
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(Error::config("lr", format!("{lr} (must be > 0)")));
+    }
+    if !(0.0..1.0).contains(&momentum) {
+        return Err(Error::config(
+            "momentum",
+            format!("{momentum} (must be in [0, 1))"),
+        ));
+    }
+    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+        return Err(Error::config(
+            "weight_decay",
+            format!("{weight_decay} (must be ≥ 0)"),
+        ));
+    }
+    Ok(())
+}
+
 /// SGD over the trainable variables of a var store.
 pub struct Sgd {
     params: Vec<(String, Tensor)>,
