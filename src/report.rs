@@ -158,14 +158,7 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<String> {
     if runs.is_empty() {
         return Err(Error::config("runs", "no run folders given"));
     }
-    runs.sort_by(|a, b| {
-        (a.role(), a.family(), a.cfg.k(), a.dir.clone()).cmp(&(
-            b.role(),
-            b.family(),
-            b.cfg.k(),
-            b.dir.clone(),
-        ))
-    });
+    runs.sort_by_cached_key(|r| (r.role(), r.family(), r.cfg.k(), r.dir.clone()));
 
     let mut md = String::from("# eqco report\n\n");
     md.push_str(
@@ -306,7 +299,6 @@ fn accuracy_panels(runs: &[RunView]) -> Vec<Panel> {
             (a.min(x), b.max(x))
         });
         let mut families: Vec<String> = points.iter().map(|(r, _)| r.family()).collect();
-        families.dedup();
         families.sort();
         families.dedup();
         let mut series: Vec<Series> = families

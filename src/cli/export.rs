@@ -83,8 +83,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let ExportFormat::Safetensors = args.format;
-    write_safetensors(&tensors, metadata, &args.out)?;
+    match args.format {
+        ExportFormat::Safetensors => write_safetensors(&tensors, metadata, &args.out)?,
+    }
     let params: i64 = tensors
         .iter()
         .filter(|(n, _)| !n.contains("running_") && !n.ends_with("num_batches_tracked"))

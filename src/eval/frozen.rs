@@ -11,7 +11,7 @@ use super::features::extract;
 
 use crate::data::{Dataset, Recipe, RecipeName, Split};
 use crate::error::{Error, Result};
-use crate::method::{self, shared::load_named, Method};
+use crate::method::shared::load_named;
 use crate::model::ResNet;
 use crate::train::checkpoint;
 use crate::train::trainer::{open_dataset, recipe_for, run_config};
@@ -32,7 +32,9 @@ pub struct Frozen {
     pub test: Dataset,
     /// Where the backbone runs.
     pub device: Device,
-    method: Box<dyn Method>,
+    backbone: ResNet,
+    /// Keeps the backbone's variables.
+    _vs: tch::nn::VarStore,
     train_features: OnceCell<(Tensor, Tensor)>,
     test_features: OnceCell<(Tensor, Tensor)>,
 }
@@ -71,8 +73,11 @@ impl Frozen {
             ));
         }
         let channels = recipe_for(&config, &train, RecipeName::Eval)?.channels;
-        let method = method::build(&config, channels, train.classes.len(), device)?;
-        load_named("query.", method.query(), &state).map_err(|e| Error::Data {
+        // Only the backbone: it sits at the root of the query encoder's
+        // variables (`query.conv1.weight`, …) for every method.
+        let vs = tch::nn::VarStore::new(device);
+        let backbone = ResNet::new(&vs.root(), config.encoder(channels)?.resnet)?;
+        load_named("query.", &vs, &state).map_err(|e| Error::Data {
             path: checkpoint.to_path_buf(),
             message: format!("does not fit the run's configuration: {e}"),
         })?;
@@ -83,7 +88,8 @@ impl Frozen {
             train: Arc::new(train),
             test,
             device,
-            method,
+            backbone,
+            _vs: vs,
             train_features: OnceCell::new(),
             test_features: OnceCell::new(),
         })
@@ -91,7 +97,7 @@ impl Frozen {
 
     /// The backbone (use it in inference mode: `forward_t(x, false)`).
     pub fn backbone(&self) -> &ResNet {
-        self.method.backbone()
+        &self.backbone
     }
 
     /// The recipe `name` at the run's view size and channels.
