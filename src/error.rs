@@ -29,12 +29,13 @@ pub enum Error {
     #[error("numerical failure: {0}")]
     Numerical(String),
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file concerned.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error: part of this message, not a separate
+        /// source, so that `error: …` states it once.
+        cause: std::io::Error,
     },
     /// A data file is missing, truncated or malformed; `path` names it.
     #[error("{}: {message}", path.display())]
@@ -68,7 +69,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

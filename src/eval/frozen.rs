@@ -49,12 +49,14 @@ impl Frozen {
             .and_then(|p| p.parent())
             .map(PathBuf::from)
             .unwrap_or_default();
+        // The checkpoint first: a missing file is named as such, not as a
+        // missing config.toml beside it.
+        let (state, pos) = checkpoint::load(checkpoint)?;
         let mut config = run_config(&run, &[])?;
         if let Some(d) = dataset {
             config.dataset = "auto".into();
             config.data_dir = Some(d.to_path_buf());
         }
-        let (state, pos) = checkpoint::load(checkpoint)?;
         let split = |split| {
             open_dataset(&PretrainConfig {
                 split,
