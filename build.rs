@@ -8,9 +8,12 @@
 //! linker's `--as-needed` drops it and `tch::Cuda::is_available()` is false.
 use std::path::Path;
 
+/// The shim's translation units.
+const SOURCES: [&str; 3] = ["csrc/precision.cpp", "csrc/memory.cpp", "csrc/optim.cpp"];
+
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    println!("cargo:rerun-if-changed=csrc");
     let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
@@ -25,7 +28,7 @@ fn main() {
         });
     cc::Build::new()
         .cpp(true)
-        .file("csrc/autocast.cpp")
+        .files(SOURCES)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

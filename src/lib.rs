@@ -8,9 +8,12 @@
 //!   the two-view loader.
 //! - [`toy`]: the mutual-information experiment on correlated Gaussians (Table 5).
 //! - [`cli`]: the `eqco` command line.
+//!
+//! What tch does not wrap goes through a small C++ shim in `csrc/`.
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod device;
@@ -23,6 +26,7 @@ pub mod model;
 pub mod plot;
 pub mod report;
 pub mod seed;
+mod shim;
 pub mod sweep;
 pub mod toy;
 pub mod train;

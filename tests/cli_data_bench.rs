@@ -130,12 +130,12 @@ fn bench_data_measures_our_loader() {
 }
 
 #[test]
-fn bench_train_times_every_method() {
+fn bench_train_times_every_method_precision_and_format() {
     let out = eqco(&[
         "bench",
         "train",
         "--models",
-        "resnet18-32",
+        "fmnist",
         "--batch",
         "8",
         "--steps",
@@ -144,24 +144,46 @@ fn bench_train_times_every_method() {
         "1",
         "--threads",
         "1",
+        "--precision",
+        "fp32,bf16",
         "--no-python",
     ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() >= 6 && w[0] == "fmnist")
+        .collect();
+    assert_eq!(rows.len(), 4 * 4, "4 methods × 4 variants: {stdout}");
     for m in ["simo", "mocov2", "simclr", "mocov1"] {
-        let line = stdout
-            .lines()
-            .find(|l| l.contains(m))
-            .unwrap_or_else(|| panic!("{m}: {stdout}"));
-        let rate: f64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
-        assert!(rate > 0.0, "{line}");
+        for (prec, format) in [
+            ("fp32", "NCHW"),
+            ("fp32", "channels-last"),
+            ("bf16", "NCHW"),
+            ("bf16", "channels-last"),
+        ] {
+            let row = rows
+                .iter()
+                .find(|r| r[0] == "fmnist" && r[1] == m && r[2] == prec && r[3] == format)
+                .unwrap_or_else(|| panic!("{m} {prec} {format}: {stdout}"));
+            assert_eq!(row[4], "8", "N");
+            let rate: f64 = row[5].parse().unwrap();
+            assert!(rate > 0.0, "{row:?}");
+        }
     }
-    let out = eqco(&["bench", "train", "--models", "resnet99-7", "--no-python"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("--models"));
-    if !tch::Cuda::is_available() {
-        let out = eqco(&["bench", "train", "--precision", "bf16", "--no-python"]);
-        assert_eq!(out.status.code(), Some(2));
-        assert!(text(&out.stderr).contains("--precision"));
+    for (flag, value) in [
+        ("--models", "resnet99-7"),
+        ("--precision", "fp16"),
+        ("--memory-format", "nhwc"),
+        ("--repeats", "0"),
+    ] {
+        let out = eqco(&["bench", "train", flag, value, "--no-python"]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(
+            text(&out.stderr).contains(flag),
+            "{flag}: {}",
+            text(&out.stderr)
+        );
     }
 }

@@ -48,10 +48,10 @@ fn batches_have_two_views_indices_and_labels() {
         assert_eq!(b.view1.size(), vec![5, 3, 24, 24]);
         assert_eq!(b.view2.size(), vec![5, 3, 24, 24]);
         assert_eq!(b.view1.kind(), tch::Kind::Float);
-        let idx = ints(&b.indices);
+        let idx = b.indices.clone();
         let labels = ints(b.labels.as_ref().unwrap());
         for (i, l) in idx.iter().zip(&labels) {
-            assert_eq!(Some(*l), ds.label(*i as usize), "label of image {i}");
+            assert_eq!(Some(*l), ds.label(*i), "label of image {i}");
         }
         assert!(
             !b.view1.equal(&b.view2),
@@ -63,7 +63,7 @@ fn batches_have_two_views_indices_and_labels() {
     sorted.sort_unstable();
     sorted.dedup();
     assert_eq!(sorted.len(), 20, "no image twice in an epoch");
-    assert_ne!(seen, (0..20).collect::<Vec<_>>(), "shuffled");
+    assert_ne!(seen, (0..20).collect::<Vec<usize>>(), "shuffled");
 }
 
 #[test]
@@ -83,12 +83,12 @@ fn each_epoch_has_its_own_order() {
 #[test]
 fn output_does_not_depend_on_the_thread_count() {
     let (_tmp, ds) = cifar(30);
-    let collect = |threads| -> Vec<(Vec<i64>, Tensor, Tensor)> {
+    let collect = |threads| -> Vec<(Vec<usize>, Tensor, Tensor)> {
         loader(&ds, 6, threads, 9)
             .epoch(2)
             .map(|b| {
                 let b = b.unwrap();
-                (ints(&b.indices), b.view1, b.view2)
+                (b.indices, b.view1, b.view2)
             })
             .collect()
     };
@@ -103,10 +103,7 @@ fn output_does_not_depend_on_the_thread_count() {
     }
     // Resuming mid-epoch gives the same batches as the uninterrupted epoch.
     let l = loader(&ds, 6, 2, 9);
-    let tail: Vec<_> = l
-        .epoch_from(2, 3)
-        .map(|b| ints(&b.unwrap().indices))
-        .collect();
+    let tail: Vec<_> = l.epoch_from(2, 3).map(|b| b.unwrap().indices).collect();
     let full: Vec<_> = one.iter().skip(3).map(|b| b.0.clone()).collect();
     assert_eq!(tail, full);
 }
@@ -168,10 +165,57 @@ fn views_match_what_the_batches_hold() {
     let (_tmp, ds) = cifar(12);
     let l = loader(&ds, 4, 2, 5);
     let b = l.epoch(1).next().unwrap().unwrap();
-    let first = ints(&b.indices)[0] as usize;
+    let first = b.indices[0];
     let (v1, v2) = l.views(1, first).unwrap();
     let got1 = Vec::<f32>::try_from(b.view1.get(0).flatten(0, -1)).unwrap();
     let got2 = Vec::<f32>::try_from(b.view2.get(0).flatten(0, -1)).unwrap();
     assert_eq!(v1, got1);
     assert_eq!(v2, got2);
+}
+
+#[test]
+fn channels_last_batches_hold_the_same_views_in_nhwc_memory() {
+    let (_tmp, ds) = cifar(12);
+    let with = |channels_last| {
+        let recipe = Recipe::named(RecipeName::Mocov2, 24, 3, Normalize::imagenet()).unwrap();
+        let cfg = LoaderConfig {
+            batch_size: 4,
+            threads: 2,
+            seed: 5,
+            channels_last,
+            ..Default::default()
+        };
+        Loader::new(ds.clone(), recipe, cfg)
+            .unwrap()
+            .epoch(1)
+            .next()
+            .unwrap()
+            .unwrap()
+    };
+    let (nchw, nhwc) = (with(false), with(true));
+    for (a, b) in [(&nchw.view1, &nhwc.view1), (&nchw.view2, &nhwc.view2)] {
+        assert_eq!(b.size(), vec![4, 3, 24, 24]);
+        assert!(a.is_contiguous() && !eqco::device::is_channels_last(a));
+        assert!(
+            eqco::device::is_channels_last(b),
+            "strides {:?}",
+            b.stride()
+        );
+        assert!(a.equal(b), "the same values in either layout");
+    }
+    assert_eq!(nchw.indices, nhwc.indices);
+    assert!(nchw.labels.unwrap().equal(&nhwc.labels.unwrap()));
+}
+
+#[test]
+fn the_epoch_reports_the_time_it_waited_for_workers() {
+    let (_tmp, ds) = cifar(24);
+    let l = loader(&ds, 4, 1, 0);
+    let mut epoch = l.epoch(0);
+    assert_eq!(epoch.waited(), std::time::Duration::ZERO);
+    for b in epoch.by_ref() {
+        b.unwrap();
+    }
+    // The first batch cannot have been ready before it was asked for.
+    assert!(epoch.waited() > std::time::Duration::ZERO);
 }

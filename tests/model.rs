@@ -2,6 +2,7 @@
 //! torchvision's, zero-init residuals, EMA arithmetic, the MoCo queue, and
 //! shuffle BN's un-shuffling.
 
+use eqco::device::Compute;
 use eqco::method::moco::{shuffle_indices, Queue};
 use eqco::model::{Ema, Encoder, EncoderConfig, HeadKind, ResNet, ResNetConfig, Stem};
 use rand::SeedableRng;
@@ -120,7 +121,8 @@ fn encoder_cfg(head: HeadKind) -> EncoderConfig {
 fn embeddings_are_unit_vectors_for_every_head() {
     for head in [HeadKind::Linear, HeadKind::Mlp, HeadKind::MlpBn] {
         let vs = VarStore::new(Device::Cpu);
-        let enc = Encoder::new(&vs.root(), &encoder_cfg(head)).unwrap();
+        let enc =
+            Encoder::new(&vs.root(), &encoder_cfg(head), Compute::plain(Device::Cpu)).unwrap();
         let z = enc.embed(
             &Tensor::randn([4, 1, 12, 12], (Kind::Float, Device::Cpu)),
             true,
@@ -140,9 +142,9 @@ fn embeddings_are_unit_vectors_for_every_head() {
 fn ema_follows_the_moving_average_and_leaves_buffers_alone() {
     let cfg = encoder_cfg(HeadKind::MlpBn);
     let q_vs = VarStore::new(Device::Cpu);
-    Encoder::new(&q_vs.root(), &cfg).unwrap();
+    Encoder::new(&q_vs.root(), &cfg, Compute::plain(Device::Cpu)).unwrap();
     let mut k_vs = VarStore::new(Device::Cpu);
-    Encoder::new(&k_vs.root(), &cfg).unwrap();
+    Encoder::new(&k_vs.root(), &cfg, Compute::plain(Device::Cpu)).unwrap();
     let ema = Ema::new(&mut k_vs, &q_vs).unwrap();
     assert!(!ema.is_empty());
     let (q, k) = (q_vs.variables(), k_vs.variables());
@@ -214,7 +216,12 @@ fn shuffle_bn_returns_every_key_to_its_row() {
     // The key of image i is computed inside the (shuffled) group that holds
     // it, with that group's BN statistics, and lands back in row i.
     let vs = VarStore::new(Device::Cpu);
-    let enc = Encoder::new(&vs.root(), &encoder_cfg(HeadKind::Mlp)).unwrap();
+    let enc = Encoder::new(
+        &vs.root(),
+        &encoder_cfg(HeadKind::Mlp),
+        Compute::plain(Device::Cpu),
+    )
+    .unwrap();
     let v = Tensor::randn([12, 1, 8, 8], (Kind::Float, Device::Cpu));
     let groups = 3;
     let keys = tch::no_grad(|| {
@@ -232,4 +239,40 @@ fn shuffle_bn_returns_every_key_to_its_row() {
     // Different groups give different statistics, so not the whole-batch result.
     let whole = tch::no_grad(|| enc.embed(&v, true));
     assert!(!whole.allclose(&keys, 1e-4, 1e-5, false));
+}
+
+#[test]
+fn channels_last_and_bf16_encoders_agree_with_the_plain_one() {
+    let cfg = encoder_cfg(HeadKind::MlpBn);
+    let x = Tensor::randn([8, 1, 12, 12], (Kind::Float, Device::Cpu));
+    // The same weights in every encoder (tests run in parallel threads, so
+    // the global seed cannot be relied on).
+    let source = VarStore::new(Device::Cpu);
+    Encoder::new(&source.root(), &cfg, Compute::plain(Device::Cpu)).unwrap();
+    let embed = |compute: Compute| {
+        let mut vs = VarStore::new(Device::Cpu);
+        let enc = Encoder::new(&vs.root(), &cfg, compute).unwrap();
+        vs.copy(&source).unwrap();
+        compute.prepare(&vs);
+        let conv = &vs.variables()["layer1.0.conv1.weight"];
+        assert_eq!(eqco::device::is_channels_last(conv), compute.channels_last);
+        let z = tch::no_grad(|| enc.embed(&x, true));
+        assert_eq!(z.kind(), Kind::Float, "embeddings come out in float32");
+        z
+    };
+    let plain = embed(Compute::plain(Device::Cpu));
+    let cl = embed(Compute {
+        channels_last: true,
+        ..Compute::plain(Device::Cpu)
+    });
+    let d = (&plain - &cl).abs().max().double_value(&[]);
+    assert!(d < 1e-4, "same function: max difference {d}");
+    let bf16 = embed(Compute {
+        bf16: true,
+        channels_last: true,
+        ..Compute::plain(Device::Cpu)
+    });
+    // bfloat16 keeps 8 bits of mantissa: close, not equal.
+    let diff = (&plain - &bf16).abs().max().double_value(&[]);
+    assert!(diff > 0.0 && diff < 0.1, "max difference {diff}");
 }

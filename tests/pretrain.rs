@@ -88,23 +88,45 @@ fn the_loss_falls_over_a_few_dozen_steps() {
 #[test]
 fn resuming_reproduces_the_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
-    for preset in ["fmnist-simo", "fmnist-mocov2", "fmnist-simclr"] {
-        let extra: &[&str] = match preset {
-            "fmnist-mocov2" => &[
+    // Channels-last is the default memory format; fp32 is what `auto` picks
+    // on CPUs without native bfloat16, and bf16 (autocast on the CPU) is
+    // checked too, in both formats.
+    let cases: [(&str, &str, &[&str]); 6] = [
+        (
+            "simo",
+            "fmnist-simo",
+            &["epochs=2", "knn_every=1", "knn_k=20", "precision=fp32"],
+        ),
+        (
+            "mocov2",
+            "fmnist-mocov2",
+            &[
                 "epochs=2",
                 "k_negatives=64",
                 "queue_size=64",
                 "shuffle_bn_groups=2",
             ],
-            "fmnist-simclr" => &["epochs=2", "k_negatives=40"],
-            _ => &["epochs=2", "knn_every=1", "knn_k=20"],
-        };
+        ),
+        ("simclr", "fmnist-simclr", &["epochs=2", "k_negatives=40"]),
+        (
+            "simo-nchw",
+            "fmnist-simo",
+            &["epochs=2", "memory_format=contiguous", "precision=fp32"],
+        ),
+        ("simo-bf16", "fmnist-simo", &["epochs=2", "precision=bf16"]),
+        (
+            "simo-bf16-nchw",
+            "fmnist-simo",
+            &["epochs=2", "precision=bf16", "memory_format=contiguous"],
+        ),
+    ];
+    for (name, preset, extra) in cases {
         let cfg = tiny(tmp.path(), preset, extra);
-        let full = tmp.path().join(format!("{preset}-full"));
+        let full = tmp.path().join(format!("{name}-full"));
         pretrain(&cfg, &opts(&full, false)).unwrap();
         // Stop after 7 steps (mid-epoch, past the checkpoint at step 4 and
         // the epoch end at 6), as a crash or max_steps would, then resume.
-        let part = tmp.path().join(format!("{preset}-part"));
+        let part = tmp.path().join(format!("{name}-part"));
         let first = PretrainConfig {
             max_steps: Some(7),
             ..cfg.clone()
@@ -113,8 +135,8 @@ fn resuming_reproduces_the_uninterrupted_run() {
         pretrain(&cfg, &opts(&part, true)).unwrap();
         let a = metrics::read(&full.join("metrics.jsonl")).unwrap();
         let b = metrics::read(&part.join("metrics.jsonl")).unwrap();
-        assert_eq!(a.len(), 12, "{preset}");
-        if preset == "fmnist-simo" {
+        assert_eq!(a.len(), 12, "{name}");
+        if name == "simo" {
             // The kNN monitor ran at the end of each epoch, and only there.
             let knn: Vec<_> = a
                 .iter()
@@ -123,18 +145,45 @@ fn resuming_reproduces_the_uninterrupted_run() {
             assert_eq!(knn.iter().map(|p| p.0).collect::<Vec<_>>(), vec![6, 12]);
             assert!(knn.iter().all(|p| (0.0..=1.0).contains(&p.1)));
         }
-        assert_eq!(a.len(), b.len(), "{preset}");
+        assert_eq!(a.len(), b.len(), "{name}");
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(
                 (x.step, x.loss, x.mi_bound, x.grad_norm_q, x.lr, x.knn_top1),
                 (y.step, y.loss, y.mi_bound, y.grad_norm_q, y.lr, y.knn_top1),
-                "{preset} step {}",
+                "{name} step {}",
                 x.step
             );
         }
     }
+    // The memory format changes how the arithmetic is ordered, not what it
+    // computes; bf16 rounds, but trains the same function.
+    let losses = |name: &str| -> Vec<f64> {
+        metrics::read(&tmp.path().join(format!("{name}-full/metrics.jsonl")))
+            .unwrap()
+            .iter()
+            .map(|m| m.loss)
+            .collect()
+    };
+    let (simo, nchw, bf16) = (losses("simo"), losses("simo-nchw"), losses("simo-bf16"));
+    for i in 0..12 {
+        assert!(
+            (simo[i] - nchw[i]).abs() < 1e-3,
+            "step {}: {} vs {}",
+            i + 1,
+            simo[i],
+            nchw[i]
+        );
+        assert!(
+            (simo[i] - bf16[i]).abs() < 0.15,
+            "step {}: {} vs {}",
+            i + 1,
+            simo[i],
+            bf16[i]
+        );
+    }
+    assert_ne!(simo, bf16, "bf16 really ran");
     // A checkpoint does not load into another model.
-    let part = tmp.path().join("fmnist-simo-part");
+    let part = tmp.path().join("simo-part");
     let wider = tiny(tmp.path(), "fmnist-simo", &["epochs=3", "width=0.25"]);
     let e = pretrain(&wider, &opts(&part, true))
         .unwrap_err()

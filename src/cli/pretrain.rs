@@ -82,8 +82,8 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{} steps ({} epochs) in {:.1} s: final loss {:.4}, MI bound {:.4} (mean of the last 10 %: {:.4}), {:.0} img/s",
-        s.steps, s.epochs, s.wall_seconds, s.final_loss, s.final_mi_bound, s.mi_bound_last10pct, s.img_per_s
+        "{} steps ({} epochs) in {:.1} s: final loss {:.4}, MI bound {:.4} (mean of the last 10 %: {:.4}), {:.0} img/s, {:.1} % of the time waiting for data",
+        s.steps, s.epochs, s.wall_seconds, s.final_loss, s.final_mi_bound, s.mi_bound_last10pct, s.img_per_s, 100.0 * s.data_wait_share
     );
     println!(
         "wrote {0}/config.toml, {0}/metrics.jsonl, {0}/summary.json, {0}/plots/training.png, {1}",

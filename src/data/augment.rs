@@ -327,6 +327,37 @@ impl Recipe {
     /// One augmented view of `img`, written as CHW floats into `out`
     /// (`view_len()` long).
     pub fn apply(&self, img: &Image, rng: &mut impl Rng, out: &mut [f32]) -> Result<()> {
+        self.apply_as(img, rng, out, false)
+    }
+
+    /// One augmented view of `img`, written into `out` (`view_len()` long)
+    /// as HWC floats when `hwc` (a channels-last batch), else CHW; the same
+    /// values and random draws either way.
+    pub fn apply_as(
+        &self,
+        img: &Image,
+        rng: &mut impl Rng,
+        out: &mut [f32],
+        hwc: bool,
+    ) -> Result<()> {
+        if hwc && self.channels > 1 {
+            PLANAR.with(|scratch| {
+                let mut planar = scratch.borrow_mut();
+                planar.resize(self.view_len(), 0.0);
+                self.planar(img, rng, &mut planar)?;
+                self.normalize_hwc(&planar, out);
+                Ok(())
+            })
+        } else {
+            // One channel: CHW and HWC are the same memory.
+            self.planar(img, rng, out)?;
+            self.normalize_planar(out);
+            Ok(())
+        }
+    }
+
+    /// The view before normalisation, CHW floats in [0, 1].
+    fn planar(&self, img: &Image, rng: &mut impl Rng, out: &mut [f32]) -> Result<()> {
         let size = self.size();
         assert_eq!(out.len(), self.view_len(), "output buffer length");
         let bx = match self.crop {
@@ -353,12 +384,29 @@ impl Recipe {
                 gaussian_blur(out, size as usize, sigma, k);
             }
         }
-        for (c, chan) in out.chunks_exact_mut(plane).enumerate() {
-            let (m, s) = (self.normalize.mean[c], self.normalize.std[c]);
-            let inv = 1.0 / s;
+        Ok(())
+    }
+
+    /// Normalises CHW floats in place.
+    fn normalize_planar(&self, x: &mut [f32]) {
+        let plane = x.len() / self.channels as usize;
+        for (c, chan) in x.chunks_exact_mut(plane).enumerate() {
+            let (m, inv) = (self.normalize.mean[c], 1.0 / self.normalize.std[c]);
             chan.iter_mut().for_each(|v| *v = (*v - m) * inv);
         }
-        Ok(())
+    }
+
+    /// Normalises CHW floats `planar` into HWC `out` (the same arithmetic
+    /// as [`Recipe::normalize_planar`], in another order).
+    fn normalize_hwc(&self, planar: &[f32], out: &mut [f32]) {
+        let c = self.channels as usize;
+        let plane = planar.len() / c;
+        for (ch, chan) in planar.chunks_exact(plane).enumerate() {
+            let (m, inv) = (self.normalize.mean[ch], 1.0 / self.normalize.std[ch]);
+            for (px, &v) in chan.iter().enumerate() {
+                out[px * c + ch] = (v - m) * inv;
+            }
+        }
     }
 }
 
@@ -381,6 +429,8 @@ fn center_box(width: u32, height: u32, size: u32, resize: u32) -> CropBox {
 
 thread_local! {
     static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
+    /// A CHW view being made before it is written out as HWC.
+    static PLANAR: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Crops `bx` out of `img` and resizes it to `size × size` (bilinear with

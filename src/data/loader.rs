@@ -6,13 +6,19 @@
 //! hands them over through its own bounded channel (`prefetch` deep); the
 //! consumer takes batch b from worker `b mod T`, so batches arrive in order.
 //! Each image's views come from an RNG seeded by (seed, epoch, index), so the
-//! output is the same whatever the thread count. For a CUDA target, batches
-//! are built in pinned memory and copied without blocking.
+//! output is the same whatever the thread count.
+//!
+//! A worker writes a whole batch into one float32 buffer: view 1, view 2,
+//! then the labels. The views are written in the layout the model reads
+//! (NHWC for channels-last), so no copy is made on the way to the model.
+//! For a CUDA target the buffer is page-locked and the batch reaches the
+//! GPU in one copy that does not block.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -44,6 +50,8 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Where the batches go.
     pub device: Device,
+    /// Write the views channels-last (NHWC memory, seen as NCHW).
+    pub channels_last: bool,
 }
 
 impl Default for LoaderConfig {
@@ -56,6 +64,7 @@ impl Default for LoaderConfig {
             shuffle: true,
             drop_last: true,
             device: Device::Cpu,
+            channels_last: false,
         }
     }
 }
@@ -63,12 +72,12 @@ impl Default for LoaderConfig {
 /// Two views of N images, on the loader's device.
 #[derive(Debug)]
 pub struct TwoViewBatch {
-    /// First views `[N, C, H, W]`, float32.
+    /// First views `[N, C, H, W]`, float32 (channels-last if configured).
     pub view1: Tensor,
-    /// Second views `[N, C, H, W]`, float32.
+    /// Second views `[N, C, H, W]`, float32 (channels-last if configured).
     pub view2: Tensor,
-    /// The images' indices in the dataset, `[N]` int64.
-    pub indices: Tensor,
+    /// The images' indices in the dataset.
+    pub indices: Vec<usize>,
     /// Their labels `[N]` int64, if the dataset has labels.
     pub labels: Option<Tensor>,
 }
@@ -218,6 +227,9 @@ impl Loader {
             first,
             n_batches,
             device: self.cfg.device,
+            recipe: self.recipe.clone(),
+            channels_last: self.cfg.channels_last,
+            waited: Duration::ZERO,
             stop,
             handles,
         }
@@ -235,11 +247,15 @@ impl Loader {
             index,
             &mut a,
             &mut b,
+            false,
         )?;
         Ok((a, b))
     }
 }
 
+/// Writes the two views of image `index` in epoch `epoch` into `a` and `b`
+/// (HWC when `hwc`, else CHW).
+#[allow(clippy::too_many_arguments)]
 fn two_views(
     dataset: &Dataset,
     recipe: &Recipe,
@@ -248,19 +264,41 @@ fn two_views(
     index: usize,
     a: &mut [f32],
     b: &mut [f32],
+    hwc: bool,
 ) -> Result<()> {
     let img = dataset.image(index)?;
     let mut rng = ChaCha8Rng::seed_from_u64(derive(seed, &[AUGMENT, epoch, index as u64]));
-    recipe.apply(&img, &mut rng, a)?;
-    recipe.apply(&img, &mut rng, b)
+    recipe.apply_as(&img, &mut rng, a, hwc)?;
+    recipe.apply_as(&img, &mut rng, b, hwc)
 }
 
-/// A batch in host memory (pinned for a CUDA target).
+/// A batch in host memory (page-locked for a CUDA target): one float32
+/// buffer holding view 1, view 2 and, for a labelled dataset, the labels.
 struct HostBatch {
-    view1: Tensor,
-    view2: Tensor,
-    indices: Tensor,
-    labels: Option<Tensor>,
+    buffer: Tensor,
+    indices: Vec<usize>,
+    labelled: bool,
+}
+
+/// The shape of one view's memory, and the permutation that shows it as
+/// `[N, C, H, W]`.
+fn view_layout(recipe: &Recipe, n: usize, channels_last: bool) -> ([i64; 4], [i64; 4]) {
+    let (n, c, s) = (n as i64, recipe.channels as i64, recipe.size() as i64);
+    if channels_last {
+        ([n, s, s, c], [0, 3, 1, 2])
+    } else {
+        ([n, c, s, s], [0, 1, 2, 3])
+    }
+}
+
+/// An uninitialised float32 host buffer of `len` elements; page-locked for
+/// a CUDA target, so that its copy to the GPU does not block.
+fn host_buffer(len: usize, device: Device) -> Result<Tensor> {
+    if device.is_cuda() {
+        crate::data::pinned::empty(len)
+    } else {
+        Ok(Tensor::empty([len as i64], (Kind::Float, Device::Cpu)))
+    }
 }
 
 fn build(
@@ -271,32 +309,47 @@ fn build(
     idx: &[usize],
 ) -> Result<HostBatch> {
     let len = recipe.view_len();
-    let (mut v1, mut v2) = (vec![0f32; idx.len() * len], vec![0f32; idx.len() * len]);
+    let n = idx.len();
+    let labelled = dataset.has_labels();
+    let buffer = host_buffer(2 * n * len + if labelled { n } else { 0 }, cfg.device)?;
+    // SAFETY: a new contiguous float32 tensor of that many elements, owned
+    // by this thread until it is sent; nothing else reads or writes it.
+    let data =
+        unsafe { std::slice::from_raw_parts_mut(buffer.data_ptr() as *mut f32, buffer.numel()) };
+    let (views, labels) = data.split_at_mut(2 * n * len);
+    let (v1, v2) = views.split_at_mut(n * len);
     for ((&i, a), b) in idx
         .iter()
         .zip(v1.chunks_exact_mut(len))
         .zip(v2.chunks_exact_mut(len))
     {
-        two_views(dataset, recipe, cfg.seed, epoch, i, a, b)?;
+        two_views(dataset, recipe, cfg.seed, epoch, i, a, b, cfg.channels_last)?;
     }
-    let s = recipe.size() as i64;
-    let shape = [idx.len() as i64, recipe.channels as i64, s, s];
-    let host = |v: &[f32]| {
-        let t = Tensor::from_slice(v).view(shape);
-        if cfg.device.is_cuda() {
-            t.pin_memory(cfg.device)
-        } else {
-            t
-        }
-    };
-    let indices: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-    let labels: Option<Vec<i64>> = idx.iter().map(|&i| dataset.label(i)).collect();
+    for (slot, &i) in labels.iter_mut().zip(idx) {
+        // Exact: class numbers are far below 2^24.
+        *slot = dataset.label(i).unwrap_or(-1) as f32;
+    }
     Ok(HostBatch {
-        view1: host(&v1),
-        view2: host(&v2),
-        indices: Tensor::from_slice(&indices),
-        labels: labels.map(|l| Tensor::from_slice(&l)),
+        buffer,
+        indices: idx.to_vec(),
+        labelled,
     })
+}
+
+/// The views and labels of a batch whose buffer is on its device.
+fn split(buffer: &Tensor, host: &HostBatch, recipe: &Recipe, channels_last: bool) -> TwoViewBatch {
+    let n = host.indices.len();
+    let len = (n * recipe.view_len()) as i64;
+    let (shape, perm) = view_layout(recipe, n, channels_last);
+    let view = |i: i64| buffer.narrow(0, i * len, len).view(shape).permute(perm);
+    TwoViewBatch {
+        view1: view(0),
+        view2: view(1),
+        indices: host.indices.clone(),
+        labels: host
+            .labelled
+            .then(|| buffer.narrow(0, 2 * len, n as i64).to_kind(Kind::Int64)),
+    }
 }
 
 /// One epoch's batches, in order. Dropping it stops the workers.
@@ -306,8 +359,18 @@ pub struct Epoch {
     first: usize,
     n_batches: usize,
     device: Device,
+    recipe: Arc<Recipe>,
+    channels_last: bool,
+    waited: Duration,
     stop: Arc<AtomicBool>,
     handles: Vec<JoinHandle<()>>,
+}
+
+impl Epoch {
+    /// Time spent so far waiting for the workers (a batch not ready when asked for).
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
 }
 
 impl Iterator for Epoch {
@@ -319,7 +382,10 @@ impl Iterator for Epoch {
         }
         let worker = (self.next - self.first) % self.receivers.len();
         self.next += 1;
-        let host = match self.receivers[worker].recv() {
+        let asked = Instant::now();
+        let received = self.receivers[worker].recv();
+        self.waited += asked.elapsed();
+        let host = match received {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 self.next = self.n_batches;
@@ -332,26 +398,14 @@ impl Iterator for Epoch {
                 )));
             }
         };
-        let to = |t: Tensor| {
-            if self.device.is_cuda() {
-                t.to_device_(self.device, Kind::Float, true, false)
-            } else {
-                t
-            }
+        // One copy of the whole batch, queued without waiting (page-locked source).
+        let buffer = if self.device.is_cuda() {
+            host.buffer
+                .to_device_(self.device, Kind::Float, true, false)
+        } else {
+            host.buffer.shallow_clone()
         };
-        let dev = |t: Tensor| {
-            if self.device.is_cuda() {
-                t.to_device(self.device)
-            } else {
-                t
-            }
-        };
-        Some(Ok(TwoViewBatch {
-            view1: to(host.view1),
-            view2: to(host.view2),
-            indices: dev(host.indices),
-            labels: host.labels.map(dev),
-        }))
+        Some(Ok(split(&buffer, &host, &self.recipe, self.channels_last)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod formats;
 pub mod image;
 pub mod loader;
+pub mod pinned;
 pub mod preview;
 pub mod synthetic;
 

@@ -5,24 +5,27 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::nn::ModuleT;
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 use crate::data::{Dataset, Recipe};
+use crate::device::{float32, Compute};
 use crate::error::Result;
 use crate::model::ResNet;
 use crate::seed::derive;
 
 /// Pooled features `[n, F]` (float32, not normalised) and labels `[n]` (−1
 /// where the dataset has none) of images `indices` of `dataset`, in batches
-/// of `batch` (a random recipe draws each image's view from its index).
+/// of `batch` (a random recipe draws each image's view from its index),
+/// computed as `compute` says (device, precision, memory format).
 pub fn extract(
     backbone: &ResNet,
     dataset: &Dataset,
     recipe: &Recipe,
     indices: &[usize],
     batch: usize,
-    device: Device,
+    compute: Compute,
 ) -> Result<(Tensor, Tensor)> {
+    let device = compute.device;
     let len = recipe.view_len();
     let s = recipe.size() as i64;
     let mut feats = Vec::new();
@@ -35,8 +38,8 @@ pub fn extract(
         let x = Tensor::from_slice(&buf)
             .view([chunk.len() as i64, recipe.channels as i64, s, s])
             .to_device(device);
-        let f = tch::no_grad(|| backbone.forward_t(&x, false));
-        feats.push(f.to_kind(Kind::Float));
+        let f = tch::no_grad(|| compute.run(|| backbone.forward_t(&compute.layout(&x), false)));
+        feats.push(float32(&f));
     }
     let labels: Vec<i64> = indices
         .iter()

@@ -10,6 +10,7 @@ use tch::{Device, Tensor};
 use super::features::extract;
 
 use crate::data::{Dataset, Recipe, RecipeName, Split};
+use crate::device::Compute;
 use crate::error::{Error, Result};
 use crate::method::shared::load_named;
 use crate::model::ResNet;
@@ -32,6 +33,8 @@ pub struct Frozen {
     pub test: Dataset,
     /// Where the backbone runs.
     pub device: Device,
+    /// How it computes: the run's precision and memory format on `device`.
+    pub compute: Compute,
     backbone: ResNet,
     /// Keeps the backbone's variables.
     _vs: tch::nn::VarStore,
@@ -79,6 +82,8 @@ impl Frozen {
         // variables (`query.conv1.weight`, …) for every method.
         let vs = tch::nn::VarStore::new(device);
         let backbone = ResNet::new(&vs.root(), config.encoder(channels)?.resnet)?;
+        let (compute, _, _) = Compute::resolve(config.precision, config.memory_format, device);
+        compute.prepare(&vs);
         load_named("query.", &vs, &state).map_err(|e| Error::Data {
             path: checkpoint.to_path_buf(),
             message: format!("does not fit the run's configuration: {e}"),
@@ -90,6 +95,7 @@ impl Frozen {
             train: Arc::new(train),
             test,
             device,
+            compute,
             backbone,
             _vs: vs,
             train_features: OnceCell::new(),
@@ -141,7 +147,14 @@ impl Frozen {
 
     fn extract_split(&self, dataset: &Dataset, indices: &[usize]) -> Result<(Tensor, Tensor)> {
         let recipe = self.recipe(RecipeName::Eval)?;
-        extract(self.backbone(), dataset, &recipe, indices, 256, self.device)
+        extract(
+            self.backbone(),
+            dataset,
+            &recipe,
+            indices,
+            256,
+            self.compute,
+        )
     }
 
     /// Number of classes.

@@ -26,6 +26,7 @@ use tch::{Kind, Tensor};
 use super::frozen::Frozen;
 use super::knn::Accuracy;
 use crate::data::{Loader, LoaderConfig, RecipeName};
+use crate::device::float32;
 use crate::error::{Error, Result};
 use crate::seed::derive;
 use crate::train::optim::Sgd;
@@ -310,6 +311,7 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
                     seed: derive(settings.seed, &[LINEAR_AUGMENT]),
                     drop_last: false,
                     device,
+                    channels_last: frozen.compute.channels_last,
                     ..Default::default()
                 },
                 images.clone(),
@@ -323,8 +325,10 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
                     let labels = batch.labels.as_ref().ok_or_else(|| {
                         Error::Internal("a labelled dataset gave a batch without labels".into())
                     })?;
-                    let feats = tch::no_grad(|| frozen.backbone().forward_t(&batch.view1, false))
-                        .to_kind(Kind::Float);
+                    let c = frozen.compute;
+                    let feats = float32(&tch::no_grad(|| {
+                        c.run(|| frozen.backbone().forward_t(&batch.view1, false))
+                    }));
                     let (l, h) = probe.step(&feats, labels, lr)?;
                     sums = (sums.0 + l, sums.1 + h);
                 }

@@ -15,6 +15,7 @@ use tch::{Device, Kind, Tensor};
 use super::shared::{finish, step_rng, MomentumPair};
 use super::{Method, StepOutput};
 use crate::data::TwoViewBatch;
+use crate::device::Compute;
 use crate::error::{Error, Result};
 use crate::loss::{info_nce, LossConfig, Negatives};
 use crate::model::head::l2_normalize;
@@ -97,10 +98,15 @@ pub struct Moco {
 
 impl Moco {
     /// MoCo for encoders `enc` and the settings of `cfg`.
-    pub fn new(enc: &EncoderConfig, cfg: &PretrainConfig, device: Device) -> Result<Moco> {
+    pub fn new(enc: &EncoderConfig, cfg: &PretrainConfig, compute: Compute) -> Result<Moco> {
         Ok(Moco {
-            pair: MomentumPair::new(enc, device)?,
-            queue: Queue::new(cfg.queue_size as i64, enc.embed_dim, cfg.seed, device),
+            pair: MomentumPair::new(enc, compute)?,
+            queue: Queue::new(
+                cfg.queue_size as i64,
+                enc.embed_dim,
+                cfg.seed,
+                compute.device,
+            ),
             loss: cfg.loss(),
             groups: cfg.shuffle_bn_groups,
             ema_momentum: cfg.ema_momentum,

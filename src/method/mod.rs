@@ -12,11 +12,13 @@ pub mod simo;
 pub mod supervised;
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use tch::nn::VarStore;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use crate::data::TwoViewBatch;
+use crate::device::Compute;
 use crate::error::Result;
 use crate::train::config::{MethodName, PretrainConfig};
 
@@ -54,21 +56,26 @@ pub trait Method {
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
 }
 
-/// Builds the framework of `cfg` on `device` for `channels`-channel images
-/// of `classes` classes (used by the supervised baseline only), with weights
-/// initialised from `cfg.seed`.
+/// Builds the framework of `cfg` computing as `compute`, for
+/// `channels`-channel images of `classes` classes (used by the supervised
+/// baseline only), with weights initialised from `cfg.seed`.
 pub fn build(
     cfg: &PretrainConfig,
     channels: u8,
     classes: usize,
-    device: Device,
+    compute: Compute,
 ) -> Result<Box<dyn Method>> {
     let enc = cfg.encoder(channels)?;
+    // libtorch's default generator is process-wide: seeding and drawing the
+    // weights under one lock gives a seed the same weights even when several
+    // runs start at once in one process (tests do).
+    static INIT: Mutex<()> = Mutex::new(());
+    let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(cfg.seed as i64);
     Ok(match cfg.method {
-        MethodName::Simo => Box::new(simo::Simo::new(&enc, cfg, device)?),
-        MethodName::Mocov1 | MethodName::Mocov2 => Box::new(moco::Moco::new(&enc, cfg, device)?),
-        MethodName::Simclr => Box::new(simclr::SimClr::new(&enc, cfg, device)?),
-        MethodName::Supervised => Box::new(supervised::Supervised::new(&enc, classes, device)?),
+        MethodName::Simo => Box::new(simo::Simo::new(&enc, cfg, compute)?),
+        MethodName::Mocov1 | MethodName::Mocov2 => Box::new(moco::Moco::new(&enc, cfg, compute)?),
+        MethodName::Simclr => Box::new(simclr::SimClr::new(&enc, cfg, compute)?),
+        MethodName::Supervised => Box::new(supervised::Supervised::new(&enc, classes, compute)?),
     })
 }

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::nn::VarStore;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use super::StepOutput;
+use crate::device::Compute;
 use crate::error::{Error, Result};
 use crate::loss::{grad_norm_q, InfoNceOutput, Negatives};
 use crate::model::{Ema, Encoder, EncoderConfig};
@@ -29,11 +30,13 @@ pub struct MomentumPair {
 
 impl MomentumPair {
     /// Two encoders of the same structure, the key one a copy of the query one.
-    pub fn new(cfg: &EncoderConfig, device: Device) -> Result<MomentumPair> {
-        let query_vs = VarStore::new(device);
-        let query = Encoder::new(&query_vs.root(), cfg)?;
-        let mut key_vs = VarStore::new(device);
-        let key = Encoder::new(&key_vs.root(), cfg)?;
+    pub fn new(cfg: &EncoderConfig, compute: Compute) -> Result<MomentumPair> {
+        let query_vs = VarStore::new(compute.device);
+        let query = Encoder::new(&query_vs.root(), cfg, compute)?;
+        let mut key_vs = VarStore::new(compute.device);
+        let key = Encoder::new(&key_vs.root(), cfg, compute)?;
+        compute.prepare(&query_vs);
+        compute.prepare(&key_vs);
         let ema = Ema::new(&mut key_vs, &query_vs)?;
         Ok(MomentumPair {
             query_vs,

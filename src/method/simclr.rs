@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 
 use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::shared::{finish, step_rng};
 use super::{Method, StepOutput};
 use crate::data::TwoViewBatch;
+use crate::device::Compute;
 use crate::error::Result;
 use crate::loss::{info_nce, negatives, LossConfig, Negatives};
 use crate::model::{Encoder, EncoderConfig};
@@ -31,9 +32,10 @@ pub struct SimClr {
 
 impl SimClr {
     /// SimCLR for encoder `enc` and the settings of `cfg`.
-    pub fn new(enc: &EncoderConfig, cfg: &PretrainConfig, device: Device) -> Result<SimClr> {
-        let vs = VarStore::new(device);
-        let encoder = Encoder::new(&vs.root(), enc)?;
+    pub fn new(enc: &EncoderConfig, cfg: &PretrainConfig, compute: Compute) -> Result<SimClr> {
+        let vs = VarStore::new(compute.device);
+        let encoder = Encoder::new(&vs.root(), enc, compute)?;
+        compute.prepare(&vs);
         Ok(SimClr {
             vs,
             encoder,

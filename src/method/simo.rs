@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 
 use tch::nn::VarStore;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use super::shared::{finish, step_rng, MomentumPair};
 use super::{Method, StepOutput};
 use crate::data::TwoViewBatch;
+use crate::device::Compute;
 use crate::error::Result;
 use crate::loss::{info_nce, negatives, LossConfig, Negatives};
 use crate::model::EncoderConfig;
@@ -31,9 +32,9 @@ pub struct Simo {
 
 impl Simo {
     /// SiMo for encoders `enc` and the settings of `cfg`.
-    pub fn new(enc: &EncoderConfig, cfg: &PretrainConfig, device: Device) -> Result<Simo> {
+    pub fn new(enc: &EncoderConfig, cfg: &PretrainConfig, compute: Compute) -> Result<Simo> {
         Ok(Simo {
-            pair: MomentumPair::new(enc, device)?,
+            pair: MomentumPair::new(enc, compute)?,
             loss: cfg.loss(),
             k: cfg.k(),
             ema_momentum: cfg.ema_momentum,

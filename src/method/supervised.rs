@@ -12,10 +12,11 @@
 use std::collections::HashMap;
 
 use tch::nn::{self, Module, ModuleT, VarStore};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::{Method, StepOutput};
 use crate::data::TwoViewBatch;
+use crate::device::{float32, Compute};
 use crate::error::{Error, Result};
 use crate::model::{EncoderConfig, ResNet};
 
@@ -25,18 +26,19 @@ pub struct Supervised {
     backbone: ResNet,
     fc: nn::Linear,
     classes: i64,
+    compute: Compute,
 }
 
 impl Supervised {
     /// The backbone of `enc` (its head is not used) and `fc: features → classes`.
-    pub fn new(enc: &EncoderConfig, classes: usize, device: Device) -> Result<Supervised> {
+    pub fn new(enc: &EncoderConfig, classes: usize, compute: Compute) -> Result<Supervised> {
         if classes < 2 {
             return Err(Error::config(
                 "method",
                 format!("supervised training needs at least 2 classes; the dataset has {classes}"),
             ));
         }
-        let vs = VarStore::new(device);
+        let vs = VarStore::new(compute.device);
         let backbone = ResNet::new(&vs.root(), enc.resnet)?;
         let fc = nn::linear(
             vs.root() / "fc",
@@ -44,11 +46,13 @@ impl Supervised {
             classes as i64,
             Default::default(),
         );
+        compute.prepare(&vs);
         Ok(Supervised {
             vs,
             backbone,
             fc,
             classes: classes as i64,
+            compute,
         })
     }
 }
@@ -61,8 +65,12 @@ impl Method for Supervised {
                 "supervised needs a labelled dataset; this one has no labels",
             )
         })?;
-        let features = self.backbone.forward_t(&batch.view1, true);
-        let logits = self.fc.forward(&features).to_kind(Kind::Float);
+        let logits = float32(&self.compute.run(|| {
+            let features = self
+                .backbone
+                .forward_t(&self.compute.layout(&batch.view1), true);
+            self.fc.forward(&features)
+        }));
         let loss = logits.cross_entropy_for_logits(labels);
         let (mi_bound, grad_norm_q) = tch::no_grad(|| {
             let residual =

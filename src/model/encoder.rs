@@ -1,11 +1,16 @@
 //! An encoder: ResNet backbone + projection head, giving L2-normalised embeddings.
+//!
+//! The forward pass runs in the encoder's [`Compute`] precision (bfloat16
+//! autocast where chosen); the embeddings come out in float32 and are
+//! normalised in float32, so the loss never sees bfloat16.
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::head::{head, project, HeadKind};
+use super::head::{head, l2_normalize, HeadKind};
 use super::resnet::{ResNet, ResNetConfig};
+use crate::device::{float32, Compute};
 use crate::error::Result;
 
 /// What an encoder is made of.
@@ -27,20 +32,30 @@ pub struct Encoder {
     /// The ResNet up to its global pool.
     pub backbone: ResNet,
     head: nn::SequentialT,
+    compute: Compute,
 }
 
 impl Encoder {
-    /// A freshly initialised encoder under `p`.
-    pub fn new(p: &nn::Path, cfg: &EncoderConfig) -> Result<Encoder> {
+    /// A freshly initialised encoder under `p` that computes as `compute`
+    /// (call [`Compute::prepare`] on its var store once it is built).
+    pub fn new(p: &nn::Path, cfg: &EncoderConfig, compute: Compute) -> Result<Encoder> {
         let backbone = ResNet::new(p, cfg.resnet)?;
         let f = cfg.resnet.feature_dim();
         let head = head(&(p / "head"), cfg.head, f, cfg.head_hidden, cfg.embed_dim);
-        Ok(Encoder { backbone, head })
+        Ok(Encoder {
+            backbone,
+            head,
+            compute,
+        })
     }
 
-    /// L2-normalised embeddings `[N, embed]` of images `[N, C, H, W]`.
+    /// L2-normalised float32 embeddings `[N, embed]` of images `[N, C, H, W]`.
     pub fn embed(&self, x: &Tensor, train: bool) -> Tensor {
-        project(&self.head, &self.backbone.forward_t(x, train), train)
+        let z = self.compute.run(|| {
+            let features = self.backbone.forward_t(&self.compute.layout(x), train);
+            self.head.forward_t(&features, train)
+        });
+        l2_normalize(&float32(&z))
     }
 
     /// Embeddings of `x` computed in `groups` equal sub-batches, each with its

@@ -2,7 +2,7 @@
 //! after each linear layer (SiMo).
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::Tensor;
 
 /// Which head.
@@ -69,9 +69,4 @@ pub fn head(
 /// Each row of `t` `[N, D]` divided by its L2 norm (at least 1e-12).
 pub fn l2_normalize(t: &Tensor) -> Tensor {
     t / t.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12)
-}
-
-/// A head applied to features, then L2-normalised: `[N, F]` → `[N, embed]`.
-pub fn project(head: &nn::SequentialT, features: &Tensor, train: bool) -> Tensor {
-    l2_normalize(&head.forward_t(features, train))
 }

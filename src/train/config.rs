@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::data::formats::idx::FASHION_MNIST_DEFAULT_DIR;
 use crate::data::{RecipeName, Split};
+pub use crate::device::{MemoryFormat, Precision};
 use crate::error::{Error, Result};
 use crate::loss::LossConfig;
 use crate::model::{EncoderConfig, HeadKind, ResNetConfig, Stem};
@@ -36,16 +37,6 @@ pub enum Schedule {
     Cosine,
     /// ×0.1 at each epoch of `lr_steps`.
     Step,
-}
-
-/// Arithmetic precision of the forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// float32 throughout.
-    Fp32,
-    /// CUDA autocast with bfloat16 for the forward pass (mixed precision); CUDA only.
-    Bf16,
 }
 
 /// Every pretraining setting; the keys of `config.toml`, of presets and of `--set`.
@@ -118,8 +109,11 @@ pub struct PretrainConfig {
     pub image_size: Option<u32>,
     /// Channels of the views: 1 keeps grayscale, 3 replicates it [default: the images' own].
     pub channels: Option<u8>,
-    /// `fp32`, or `bf16` (CUDA autocast, GPU only).
+    /// `auto` (bf16 where the hardware computes bfloat16 natively, else
+    /// fp32), `fp32`, or `bf16` (autocast for the encoders' forward passes).
     pub precision: Precision,
+    /// `channels_last` (NHWC images and convolution weights) or `contiguous` (NCHW).
+    pub memory_format: MemoryFormat,
     /// Write a checkpoint every this many steps (0: only at epoch ends).
     pub checkpoint_every: usize,
     /// Run the kNN monitor every this many epochs (0: never); its top-1 goes
@@ -192,7 +186,8 @@ impl Default for PretrainConfig {
             augment: RecipeName::Mocov2,
             image_size: None,
             channels: None,
-            precision: Precision::Fp32,
+            precision: Precision::Auto,
+            memory_format: MemoryFormat::ChannelsLast,
             checkpoint_every: 0,
             knn_every: 0,
             knn_k: 200,

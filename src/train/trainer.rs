@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
@@ -13,12 +13,12 @@ use serde::Serialize;
 use tch::Device;
 
 use super::checkpoint::{self, Position};
-use super::config::{Precision, PretrainConfig};
+use super::config::PretrainConfig;
 use super::metrics::{tail_mean, MetricsWriter, StepMetrics};
 use super::optim::Sgd;
 use super::schedule::learning_rate;
 use crate::data::{Dataset, Format, Loader, LoaderConfig, Normalize, OpenOptions, Recipe};
-use crate::device::autocast_bf16;
+use crate::device::Compute;
 use crate::error::{Error, Result};
 use crate::eval::{extract, knn_accuracy};
 use crate::io::atomic_write;
@@ -69,6 +69,13 @@ pub struct Summary {
     pub img_per_s: f64,
     /// Wall time of this invocation, seconds.
     pub wall_seconds: f64,
+    /// The share of the training loop's time spent waiting for the loader
+    /// (0 when batches were always ready).
+    pub data_wait_share: f64,
+    /// The precision used, and why (`bf16 (auto: CPU has avx512_bf16)`).
+    pub precision: String,
+    /// The memory format of images and convolution weights.
+    pub memory_format: crate::device::MemoryFormat,
     /// The last checkpoint.
     pub checkpoint: PathBuf,
 }
@@ -134,13 +141,11 @@ pub fn training_images(cfg: &PretrainConfig, n: usize) -> Vec<usize> {
 /// Runs (or resumes) a pretraining run; returns its summary.
 pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     let start = Instant::now();
-    if cfg.precision == Precision::Bf16 && !opts.device.is_cuda() {
-        return Err(Error::config(
-            "precision",
-            "bf16 (CUDA autocast) needs --device cuda; use fp32 on the CPU",
-        ));
+    let (compute, precision, warning) =
+        Compute::resolve(cfg.precision, cfg.memory_format, opts.device);
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
     }
-    let bf16 = cfg.precision == Precision::Bf16;
     let out = &opts.out;
     crate::io::create_dir(out)?;
     let ckpt_dir = out.join("checkpoints");
@@ -159,6 +164,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             threads: cfg.loader_threads.unwrap_or(opts.threads),
             seed: cfg.seed,
             device: opts.device,
+            channels_last: compute.channels_last,
             ..Default::default()
         },
         images,
@@ -176,7 +182,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     };
     let total_steps = (cfg.epochs * steps_per_epoch).min(cfg.max_steps.unwrap_or(usize::MAX));
 
-    let mut method = method::build(cfg, channels, dataset.classes.len(), opts.device)?;
+    let mut method = method::build(cfg, channels, dataset.classes.len(), compute)?;
     let mut sgd = Sgd::new(method.query(), cfg.momentum, cfg.weight_decay);
     let mut pos = Position {
         step: 0,
@@ -210,7 +216,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
 
     let k = cfg.k();
     eprintln!(
-        "pretrain: {:?} on {} images ({}×{}×{}), {} {}×{}, {}, N = {}, lr = {} × {}/256 = {:.4}, {} steps",
+        "pretrain: {:?} on {} images ({}×{}×{}), {} {}×{}, {}, N = {}, lr = {} × {}/256 = {:.4}, {} steps, {:?}",
         cfg.method,
         n_images,
         size,
@@ -232,6 +238,15 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         cfg.batch_size,
         cfg.scaled_lr(),
         total_steps,
+        opts.device,
+    );
+    eprintln!(
+        "precision: {precision}; memory format: {}",
+        if compute.channels_last {
+            "channels-last"
+        } else {
+            "contiguous (NCHW)"
+        }
     );
 
     let bar = if opts.progress {
@@ -258,6 +273,9 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     let mut last_ckpt = checkpoint::latest_path(&ckpt_dir);
     // Throughput of this invocation's steps (a resumed run's earlier ones excluded).
     let (mut img_per_s_sum, mut steps_run) = (0.0, 0u64);
+    // Time the training loop spent waiting for the loader.
+    let mut data_wait = Duration::ZERO;
+    let loop_start = Instant::now();
     let mut tick = Instant::now();
     'epochs: for epoch in pos.epoch..cfg.epochs as u64 {
         let first = if epoch == pos.epoch {
@@ -265,13 +283,19 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         } else {
             0
         };
-        for (b, batch) in loader.epoch_from(epoch, first).enumerate() {
+        let mut batches = loader.epoch_from(epoch, first);
+        for b in 0.. {
             if pos.step as usize >= total_steps {
+                data_wait += batches.waited();
                 break 'epochs;
             }
+            let Some(batch) = batches.next() else {
+                data_wait += batches.waited();
+                break;
+            };
             let batch = batch?;
             let lr = learning_rate(cfg, pos.step as usize, steps_per_epoch);
-            let out = autocast_bf16(bf16, opts.device, || method.forward(&batch, pos.step))?;
+            let out = method.forward(&batch, pos.step)?;
             let loss = out.loss.double_value(&[]);
             if !loss.is_finite() {
                 return Err(Error::Numerical(format!(
@@ -291,7 +315,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             let epoch_done = first + b + 1 == steps_per_epoch;
             let knn_top1 = match &monitor {
                 Some(mon) if epoch_done && (epoch + 1) % cfg.knn_every as u64 == 0 => {
-                    Some(mon.top1(method.backbone(), opts.device)?)
+                    Some(mon.top1(method.backbone(), compute)?)
                 }
                 _ => None,
             };
@@ -347,6 +371,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         last_ckpt = save(method.as_ref(), &sgd, pos)?;
     }
     bar.finish_and_clear();
+    let loop_seconds = loop_start.elapsed().as_secs_f64();
 
     let all = super::metrics::read(&out.join("metrics.jsonl"))?;
     super::plots::write(&out.join("plots"), &all)?;
@@ -370,6 +395,13 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             img_per_s_sum / steps_run as f64
         },
         wall_seconds: start.elapsed().as_secs_f64(),
+        data_wait_share: if loop_seconds > 0.0 {
+            data_wait.as_secs_f64() / loop_seconds
+        } else {
+            0.0
+        },
+        precision: precision.clone(),
+        memory_format: cfg.memory_format,
         checkpoint: last_ckpt,
     };
     let text = serde_json::to_string_pretty(&summary).expect("plain data");
@@ -425,11 +457,17 @@ impl KnnMonitor {
     }
 
     /// Top-1 kNN accuracy of the current backbone on the test split.
-    fn top1(&self, backbone: &crate::model::ResNet, device: Device) -> Result<f64> {
-        let (bank, bank_labels) =
-            extract(backbone, &self.train, &self.recipe, &self.bank, 256, device)?;
+    fn top1(&self, backbone: &crate::model::ResNet, compute: Compute) -> Result<f64> {
+        let (bank, bank_labels) = extract(
+            backbone,
+            &self.train,
+            &self.recipe,
+            &self.bank,
+            256,
+            compute,
+        )?;
         let all: Vec<usize> = (0..self.test.len()).collect();
-        let (test, test_labels) = extract(backbone, &self.test, &self.recipe, &all, 256, device)?;
+        let (test, test_labels) = extract(backbone, &self.test, &self.recipe, &all, 256, compute)?;
         Ok(knn_accuracy(
             &bank,
             &bank_labels,

@@ -1,0 +1,36 @@
+// Shared by the shim's translation units: how a C++ exception crosses into
+// Rust. Every exported function that can throw returns `char*`: null on
+// success, else a malloc'ed message that the Rust side reads and frees.
+#pragma once
+
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+
+namespace eqco {
+
+inline char* c_string(const char* what) {
+  char* out = static_cast<char*>(std::malloc(std::strlen(what) + 1));
+  if (out != nullptr) {
+    std::strcpy(out, what);
+  }
+  return out;
+}
+
+}  // namespace eqco
+
+// Runs `body`; any exception becomes the returned message.
+#define EQCO_TRY(body)                                      \
+  try {                                                     \
+    body;                                                   \
+    return nullptr;                                         \
+  } catch (const c10::Error& e) {                           \
+    return eqco::c_string(e.what_without_backtrace());    \
+  } catch (const std::exception& e) {                       \
+    return eqco::c_string(e.what());                      \
+  } catch (...) {                                           \
+    return eqco::c_string("unknown C++ exception");       \
+  }

@@ -1,0 +1,75 @@
+//! The C++ shim in `csrc/`: the few libtorch calls tch does not wrap
+//! (autocast on the CPU and with a chosen type, pinned buffers and CUDA
+//! events, multi-tensor SGD). Every function that can throw returns an
+//! error message instead; [`check`] turns it into an [`Error`]. Safe
+//! wrappers live next to their users (`device`, `data::pinned`,
+//! `train::optim`); this module only declares the functions.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use crate::error::{Error, Result};
+
+extern "C" {
+    pub(crate) fn eqco_autocast_enter(
+        cuda: c_int,
+        bf16: c_int,
+        prev_enabled: *mut c_int,
+        prev_dtype: *mut c_int,
+    ) -> *mut c_char;
+    pub(crate) fn eqco_autocast_exit(
+        cuda: c_int,
+        prev_enabled: c_int,
+        prev_dtype: c_int,
+    ) -> *mut c_char;
+    pub(crate) fn eqco_autocast_state(cuda: c_int) -> c_int;
+    pub(crate) fn eqco_cuda_native_bf16() -> c_int;
+    pub(crate) fn eqco_cpu_bf16_flags(out: *mut *mut c_char) -> *mut c_char;
+
+    pub(crate) fn eqco_pinned_empty(numel: i64, out: *mut *mut c_void) -> *mut c_char;
+    pub(crate) fn eqco_is_pinned(t: *const c_void) -> c_int;
+    pub(crate) fn eqco_event_record(index: c_int, out: *mut *mut c_void) -> *mut c_char;
+    pub(crate) fn eqco_event_synchronize(event: *mut c_void) -> *mut c_char;
+    pub(crate) fn eqco_event_free(event: *mut c_void);
+
+    pub(crate) fn eqco_sgd_step(
+        params: *const *const c_void,
+        grads: *const *const c_void,
+        buffers: *const *const c_void,
+        n: i64,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+        first: c_int,
+    ) -> *mut c_char;
+    pub(crate) fn eqco_zero(ts: *const *const c_void, n: i64) -> *mut c_char;
+}
+
+/// `Ok` for a null message; else the message as an [`Error::Torch`] naming
+/// `what`, with the C string freed.
+pub(crate) fn check(what: &str, message: *mut c_char) -> Result<()> {
+    if message.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null result is a NUL-terminated string from malloc (csrc/shim.h).
+    let text = unsafe { CStr::from_ptr(message) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: allocated with malloc by the shim, freed once here.
+    unsafe { libc::free(message.cast()) };
+    Err(Error::Torch(tch::TchError::Torch(format!(
+        "{what}: {text}"
+    ))))
+}
+
+/// The `at::Tensor*` behind a tch tensor.
+pub(crate) fn ptr(t: &tch::Tensor) -> *const c_void {
+    t.as_ptr().cast()
+}
+
+/// A tch tensor that takes ownership of an `at::Tensor*` made by the shim.
+///
+/// # Safety
+/// `p` must be a `new at::Tensor` not owned by anything else.
+pub(crate) unsafe fn tensor_from(p: *mut c_void) -> tch::Tensor {
+    tch::Tensor::from_ptr(p.cast())
+}
