@@ -68,6 +68,7 @@ fn the_loss_falls_over_a_few_dozen_steps() {
     let out = tmp.path().join("run");
     let s = pretrain(&cfg, &opts(&out, false)).unwrap();
     assert_eq!(s.steps, 48, "8 epochs of 6 batches of 32");
+    assert_eq!(s.epochs, 8);
     let m = metrics::read(&out.join("metrics.jsonl")).unwrap();
     let mean = |r: &[metrics::StepMetrics]| r.iter().map(|m| m.loss).sum::<f64>() / r.len() as f64;
     let (first, last) = (mean(&m[..8]), mean(&m[40..]));

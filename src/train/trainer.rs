@@ -285,14 +285,14 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         };
         let mut batches = loader.epoch_from(epoch, first);
         for b in 0.. {
-            if pos.step as usize >= total_steps {
-                data_wait += batches.waited();
-                break 'epochs;
-            }
             let Some(batch) = batches.next() else {
                 data_wait += batches.waited();
                 break;
             };
+            if pos.step as usize >= total_steps {
+                data_wait += batches.waited();
+                break 'epochs;
+            }
             let batch = batch?;
             let lr = learning_rate(cfg, pos.step as usize, steps_per_epoch);
             let out = method.forward(&batch, pos.step)?;
