@@ -247,13 +247,23 @@ pub fn autocast_state(device: Device) -> (bool, bool) {
     (s & 1 != 0, s & 2 != 0)
 }
 
-/// `t` `[N, C, H, W]` with NHWC memory, seen as NCHW: exactly the strides
-/// of PyTorch's `to(memory_format=torch.channels_last)`.
+/// `t` `[N, C, H, W]` copied into NHWC memory, seen as NCHW: exactly the
+/// strides of PyTorch's `to(memory_format=torch.channels_last)`, also for
+/// one channel (where `permute(…).contiguous()` would keep the old strides).
 pub fn to_channels_last(t: &Tensor) -> Tensor {
-    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+    let s = t.size();
+    let mut out = Tensor::empty([s[0], s[2], s[3], s[1]], (t.kind(), t.device()))
+        .permute([0, 3, 1, 2]);
+    out.copy_(t);
+    out
 }
 
-/// Whether a 4-D tensor's memory is NHWC (dimensions of size 1 ignored).
+/// Whether a 4-D tensor has exactly the strides of [`to_channels_last`].
+///
+/// Dimensions of size 1 are not ignored: PyTorch tells the two layouts of
+/// a one-channel image apart by their strides (`[HW, 1, W, 1]` is
+/// channels-last, `[HW, HW, W, 1]` is not), and picks its convolution
+/// kernels by that.
 pub fn is_channels_last(t: &Tensor) -> bool {
     let (size, stride) = (t.size(), t.stride());
     if size.len() != 4 {
@@ -262,7 +272,7 @@ pub fn is_channels_last(t: &Tensor) -> bool {
     // Innermost first: C, W, H, N.
     let mut expected = 1;
     for d in [1, 3, 2, 0] {
-        if size[d] != 1 && stride[d] != expected {
+        if stride[d] != expected {
             return false;
         }
         expected *= size[d];
@@ -335,9 +345,13 @@ mod tests {
         assert_eq!(cl.stride(), vec![60, 1, 15, 3]);
         assert!(is_channels_last(&cl) && !is_channels_last(&x));
         assert_eq!(cl, x, "same values");
-        // One channel: both layouts are the same memory.
+        // One channel: the same memory, but PyTorch reads the layout from
+        // the strides, so only the converted tensor counts as channels-last.
         let g = Tensor::zeros([2, 1, 4, 4], tch::kind::FLOAT_CPU);
-        assert!(is_channels_last(&g));
+        assert!(!is_channels_last(&g));
+        let gl = to_channels_last(&g);
+        assert_eq!(gl.stride(), vec![16, 1, 4, 1]);
+        assert!(is_channels_last(&gl));
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! SGD with momentum and weight decay, as `torch.optim.SGD` (no dampening,
 //! no Nesterov): `b ← μ·b + (g + λ·θ)`, `θ ← θ − lr·b`. Written here rather
 //! than taken from libtorch so that its momentum buffers can be checkpointed
-//! and a run resumed exactly.
+//! and a run resumed exactly. Each step updates every parameter in a few
+//! multi-tensor (`_foreach_*`) calls through the shim in `csrc/optim.cpp`,
+//! with the same arithmetic, operation by operation, as a loop over the
+//! parameters.
+
+use std::ffi::c_void;
 
 use tch::nn::VarStore;
 use tch::Tensor;
 
 use crate::error::{Error, Result};
+use crate::shim;
 
 /// Checks SGD's hyperparameters; errors name `lr`, `momentum` or `weight_decay`.
 pub fn validate(lr: f64, momentum: f64, weight_decay: f64) -> Result<()> {
@@ -54,40 +60,41 @@ impl Sgd {
         }
     }
 
-    /// Clears the parameters' gradients.
+    /// Clears the parameters' gradients (in one multi-tensor call).
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            p.zero_grad();
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|(_, p)| p.grad())
+            .filter(Tensor::defined)
+            .collect();
+        if grads.is_empty() {
+            return;
         }
+        let ptrs: Vec<*const c_void> = grads.iter().map(shim::ptr).collect();
+        // SAFETY: pointers to live tensors, read during the call only.
+        let err = unsafe { shim::eqco_zero(ptrs.as_ptr(), ptrs.len() as i64) };
+        shim::check("zeroing gradients", err).expect("zeroing gradients cannot fail");
     }
 
-    /// One update with learning rate `lr` from the accumulated gradients.
+    /// One update with learning rate `lr` from the accumulated gradients;
+    /// parameters without a gradient are left alone.
     pub fn step(&mut self, lr: f64) {
-        tch::no_grad(|| {
-            for ((_, p), buf) in self.params.iter_mut().zip(&mut self.buffers) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let d = if self.weight_decay != 0.0 {
-                    &g + &*p * self.weight_decay
-                } else {
-                    g
-                };
-                let b = match buf {
-                    Some(b) => {
-                        let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
-                        b.shallow_clone()
-                    }
-                    None => {
-                        let b = d.copy();
-                        *buf = Some(b.shallow_clone());
-                        b
-                    }
-                };
-                let _ = p.g_sub_(&(b * lr));
+        // Parameters whose buffer exists (b ← μ·b + d), and those whose
+        // first step this is (b ← d, in a new buffer of the parameter's layout).
+        let (mut running, mut first) = (Group::default(), Group::default());
+        for ((_, p), buf) in self.params.iter().zip(&mut self.buffers) {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
             }
-        });
+            let group = if buf.is_some() { &mut running } else { &mut first };
+            let b = buf.get_or_insert_with(|| p.zeros_like());
+            group.push(p, g, b);
+        }
+        for (group, is_first) in [(running, false), (first, true)] {
+            group.step(lr, self.momentum, self.weight_decay, is_first);
+        }
     }
 
     /// The momentum buffers, named `optim.<param>` (absent before the first step).
@@ -102,11 +109,16 @@ impl Sgd {
             .collect()
     }
 
-    /// Restores the buffers from `optim.<param>` entries.
+    /// Restores the buffers from `optim.<param>` entries (in the
+    /// parameter's memory format: checkpoints hold NCHW copies).
     pub fn load_state(&mut self, state: &std::collections::HashMap<String, Tensor>) -> Result<()> {
         for ((n, p), buf) in self.params.iter().zip(&mut self.buffers) {
             *buf = match state.get(&format!("optim.{n}")) {
-                Some(b) if b.size() == p.size() => Some(b.to_device(p.device()).copy()),
+                Some(b) if b.size() == p.size() => {
+                    let mut own = p.zeros_like();
+                    tch::no_grad(|| own.copy_(b));
+                    Some(own)
+                }
                 Some(b) => {
                     return Err(Error::Internal(format!(
                         "checkpoint's optim.{n} is {:?}, the parameter {:?}",
@@ -118,6 +130,45 @@ impl Sgd {
             };
         }
         Ok(())
+    }
+}
+
+/// Parameters, gradients and buffers updated by one multi-tensor call.
+#[derive(Default)]
+struct Group {
+    params: Vec<Tensor>,
+    grads: Vec<Tensor>,
+    buffers: Vec<Tensor>,
+}
+
+impl Group {
+    fn push(&mut self, p: &Tensor, g: Tensor, b: &Tensor) {
+        self.params.push(p.shallow_clone());
+        self.grads.push(g);
+        self.buffers.push(b.shallow_clone());
+    }
+
+    fn step(&self, lr: f64, momentum: f64, weight_decay: f64, first: bool) {
+        if self.params.is_empty() {
+            return;
+        }
+        let ptrs = |ts: &[Tensor]| ts.iter().map(shim::ptr).collect::<Vec<_>>();
+        let (p, g, b) = (ptrs(&self.params), ptrs(&self.grads), ptrs(&self.buffers));
+        // SAFETY: pointers to live tensors of equal counts, used during the call only.
+        let err = unsafe {
+            shim::eqco_sgd_step(
+                p.as_ptr(),
+                g.as_ptr(),
+                b.as_ptr(),
+                p.len() as i64,
+                lr,
+                momentum,
+                weight_decay,
+                first as i32,
+            )
+        };
+        // The shapes were fixed when the optimizer was made; a failure here is a bug.
+        shim::check("SGD step", err).expect("the multi-tensor SGD step failed");
     }
 }
 
@@ -148,6 +199,85 @@ mod tests {
                 (got[0] as f64 - expect[0]).abs() < 1e-5,
                 "step {step}: {got:?} vs {expect:?}"
             );
+        }
+    }
+
+    /// The per-parameter loop the multi-tensor step replaced.
+    fn reference_step(params: &[Tensor], buffers: &mut [Option<Tensor>], lr: f64, mu: f64, wd: f64) {
+        tch::no_grad(|| {
+            for (p, buf) in params.iter().zip(buffers.iter_mut()) {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let d = if wd != 0.0 { &g + p * wd } else { g };
+                let b = match buf {
+                    Some(b) => {
+                        let _ = b.g_mul_scalar_(mu).g_add_(&d);
+                        b.shallow_clone()
+                    }
+                    None => {
+                        let b = d.copy();
+                        *buf = Some(b.shallow_clone());
+                        b
+                    }
+                };
+                let _ = p.shallow_clone().g_sub_(&(b * lr));
+            }
+        });
+    }
+
+    #[test]
+    fn the_multi_tensor_step_equals_the_per_parameter_loop_bit_for_bit() {
+        for (wd, channels_last) in [(1e-4, false), (0.0, true), (1e-4, true)] {
+            let make = || {
+                let vs = VarStore::new(Device::Cpu);
+                let root = vs.root();
+                let conv = root.randn("conv", &[8, 4, 3, 3], 0.0, 0.5);
+                let lin = root.randn("lin", &[5, 8], 0.0, 0.5);
+                let bias = root.randn("bias", &[5], 0.0, 0.5);
+                // Never used by the loss: no gradient, no update.
+                let _unused = root.randn("unused", &[3], 0.0, 1.0);
+                if channels_last {
+                    crate::device::Compute {
+                        channels_last: true,
+                        ..crate::device::Compute::plain(Device::Cpu)
+                    }
+                    .prepare(&vs);
+                }
+                (vs, conv, lin, bias)
+            };
+            let loss = |conv: &Tensor, lin: &Tensor, bias: &Tensor, step: i64| {
+                let x = Tensor::ones([2, 4, 6, 6], (Kind::Float, Device::Cpu)) * (step + 1) as f64;
+                let h = x
+                    .conv2d(conv, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
+                    .mean_dim([2, 3].as_slice(), false, Kind::Float);
+                (h.matmul(&lin.tr()) + bias).pow_tensor_scalar(2).sum(Kind::Float)
+            };
+            let (a_vs, ac, al, ab) = make();
+            let (mut b_vs, bc, bl, bb) = make();
+            b_vs.copy(&a_vs).unwrap();
+            let mut ours = Sgd::new(&a_vs, 0.9, wd);
+            let b_params: Vec<Tensor> = Sgd::new(&b_vs, 0.9, wd)
+                .params
+                .iter()
+                .map(|(_, t)| t.shallow_clone())
+                .collect();
+            let mut b_bufs: Vec<Option<Tensor>> = b_params.iter().map(|_| None).collect();
+            for step in 0..4 {
+                ours.zero_grad();
+                loss(&ac, &al, &ab, step).backward();
+                ours.step(0.05);
+                for p in &b_params {
+                    p.shallow_clone().zero_grad();
+                }
+                loss(&bc, &bl, &bb, step).backward();
+                reference_step(&b_params, &mut b_bufs, 0.05, 0.9, wd);
+                for (name, t) in a_vs.variables() {
+                    assert!(t.equal(&b_vs.variables()[&name]), "{name} at step {step}");
+                }
+            }
+            assert_eq!(ours.state().len(), 3, "no buffer for the unused parameter");
         }
     }
 }
