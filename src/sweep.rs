@@ -94,7 +94,7 @@ pub struct SweepConfig {
 }
 
 /// The sweep presets compiled into the binary: `(name, TOML)`.
-pub const SWEEP_PRESETS: [(&str, &str); 5] = [
+pub const SWEEP_PRESETS: [(&str, &str); 6] = [
     (
         "fmnist-simo-k",
         include_str!("../presets/sweeps/fmnist-simo-k.toml"),
@@ -114,6 +114,10 @@ pub const SWEEP_PRESETS: [(&str, &str); 5] = [
     (
         "fmnist-mocov2-n",
         include_str!("../presets/sweeps/fmnist-mocov2-n.toml"),
+    ),
+    (
+        "fmnist-precision",
+        include_str!("../presets/sweeps/fmnist-precision.toml"),
     ),
 ];
 
