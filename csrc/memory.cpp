@@ -9,12 +9,13 @@
 
 #include "shim.h"
 
-// A new uninitialised page-locked float32 host tensor of `numel` elements.
-// (tch's `pin_memory(device)` passes a device, which libtorch 2.11 warns
-// about on every call.)
-extern "C" char* eqco_pinned_empty(int64_t numel, at::Tensor** out) {
+// A new uninitialised page-locked host tensor of `numel` elements, float32
+// or (int64 = 1) int64. (tch's `pin_memory(device)` passes a device, which
+// libtorch 2.11 warns about on every call.)
+extern "C" char* eqco_pinned_empty(int64_t numel, int int64, at::Tensor** out) {
   EQCO_TRY({
-    auto t = at::empty({numel}, at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
+    auto dtype = int64 ? at::kLong : at::kFloat;
+    auto t = at::empty({numel}, at::TensorOptions().dtype(dtype).pinned_memory(true));
     *out = new at::Tensor(std::move(t));
   })
 }

@@ -51,6 +51,15 @@ extern "C" char* eqco_sgd_step(at::Tensor** params, at::Tensor** grads, at::Tens
   })
 }
 
+// The key encoder's moving average, θ_k ← θ_k + w·(θ_q − θ_k) with
+// w = 1 − m, over `n` pairs in one multi-tensor call (as `lerp_` per pair).
+extern "C" char* eqco_lerp(at::Tensor** keys, at::Tensor** queries, int64_t n, double weight) {
+  EQCO_TRY({
+    c10::NoGradGuard no_grad;
+    at::_foreach_lerp_(list(keys, n), list(queries, n), weight);
+  })
+}
+
 // Zeroes the gradients of `n` parameters in one multi-tensor call.
 extern "C" char* eqco_zero(at::Tensor** ts, int64_t n) {
   EQCO_TRY(at::_foreach_zero_(list(ts, n)))

@@ -25,7 +25,8 @@ extern "C" {
     pub(crate) fn eqco_cuda_native_bf16() -> c_int;
     pub(crate) fn eqco_cpu_bf16_flags(out: *mut *mut c_char) -> *mut c_char;
 
-    pub(crate) fn eqco_pinned_empty(numel: i64, out: *mut *mut c_void) -> *mut c_char;
+    pub(crate) fn eqco_pinned_empty(numel: i64, int64: c_int, out: *mut *mut c_void)
+        -> *mut c_char;
     pub(crate) fn eqco_is_pinned(t: *const c_void) -> c_int;
     pub(crate) fn eqco_event_record(index: c_int, out: *mut *mut c_void) -> *mut c_char;
     pub(crate) fn eqco_event_synchronize(event: *mut c_void) -> *mut c_char;
@@ -42,6 +43,12 @@ extern "C" {
         first: c_int,
     ) -> *mut c_char;
     pub(crate) fn eqco_zero(ts: *const *const c_void, n: i64) -> *mut c_char;
+    pub(crate) fn eqco_lerp(
+        keys: *const *const c_void,
+        queries: *const *const c_void,
+        n: i64,
+        weight: f64,
+    ) -> *mut c_char;
 }
 
 /// `Ok` for a null message; else the message as an [`Error::Torch`] naming

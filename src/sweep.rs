@@ -333,6 +333,7 @@ fn evaluate(e: &SweepEval, dir: &Path, head: &str, seed: u64, opts: &SweepOption
         &checkpoint::latest_path(&dir.join("checkpoints")),
         None,
         opts.device,
+        opts.threads,
     )?;
     // The linear probe first: it caches the training features kNN reuses.
     if let (true, Some(mode)) = (need_linear, e.linear) {

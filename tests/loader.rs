@@ -219,3 +219,97 @@ fn the_epoch_reports_the_time_it_waited_for_workers() {
     // The first batch cannot have been ready before it was asked for.
     assert!(epoch.waited() > std::time::Duration::ZERO);
 }
+
+#[test]
+fn staged_batches_and_single_views_hold_the_same_images() {
+    let (_tmp, ds) = cifar(30);
+    let with = |stage_on_cpu, channels_last| {
+        let recipe = Recipe::named(RecipeName::Mocov2, 16, 3, Normalize::imagenet()).unwrap();
+        let cfg = LoaderConfig {
+            batch_size: 7,
+            threads: 3,
+            prefetch: 1,
+            seed: 2,
+            drop_last: false,
+            channels_last,
+            stage_on_cpu,
+            ..Default::default()
+        };
+        Loader::new(ds.clone(), recipe, cfg).unwrap()
+    };
+    for channels_last in [false, true] {
+        let plain: Vec<_> = with(false, channels_last)
+            .epoch(3)
+            .map(Result::unwrap)
+            .collect();
+        let staged_loader = with(true, channels_last);
+        // Two epochs through the same slots: every slot is reused.
+        for _ in 0..2 {
+            let staged: Vec<_> = staged_loader.epoch(3).map(Result::unwrap).collect();
+            assert_eq!(
+                plain.len(),
+                5,
+                "30 images in batches of 7, the last one short"
+            );
+            assert_eq!(staged.len(), plain.len());
+            for (a, b) in plain.iter().zip(&staged) {
+                assert_eq!(a.indices, b.indices);
+                assert!(a.view1.equal(&b.view1) && a.view2.equal(&b.view2));
+                assert!(a.labels.as_ref().unwrap().equal(b.labels.as_ref().unwrap()));
+                assert_eq!(eqco::device::is_channels_last(&b.view1), channels_last);
+            }
+        }
+        // One view per image: each image's first view, staged or not.
+        for stage in [false, true] {
+            let single: Vec<_> = with(stage, channels_last)
+                .single_view_epoch(3)
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(single.len(), plain.len());
+            for (a, b) in plain.iter().zip(&single) {
+                assert_eq!(a.indices, b.indices);
+                assert!(a.view1.equal(&b.view), "stage {stage}");
+                assert!(a.labels.as_ref().unwrap().equal(b.labels.as_ref().unwrap()));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_staging_pool_stays_under_its_cap() {
+    let (_tmp, ds) = cifar(64);
+    let recipe = || Recipe::named(RecipeName::Mocov2, 32, 3, Normalize::imagenet()).unwrap();
+    let loader = |threads, mib| {
+        let cfg = LoaderConfig {
+            batch_size: 64,
+            threads,
+            prefetch: 2,
+            staging_mib: mib,
+            stage_on_cpu: true,
+            ..Default::default()
+        };
+        Loader::new(ds.clone(), recipe(), cfg).unwrap()
+    };
+    // A batch of 64 images × 2 views × 3×32×32 floats + labels ≈ 1.5 MiB.
+    let batch = 4 * (2 * 64 * 3 * 32 * 32 + 64);
+    let roomy = loader(3, 64).staging_plan(2).unwrap();
+    assert_eq!(
+        (roomy.workers, roomy.slots_per_worker, roomy.slot_bytes),
+        (3, 4, batch)
+    );
+    let tight = loader(3, 4).staging_plan(2).unwrap();
+    assert!(tight.total_bytes() <= 4 << 20, "{tight}");
+    assert_eq!((tight.workers, tight.slots_per_worker), (2, 1));
+    // Training through the tight pool still visits every batch in order.
+    let l = loader(3, 4);
+    let seen: Vec<usize> = l.epoch(0).flat_map(|b| b.unwrap().indices).collect();
+    assert_eq!(seen, l.order(0));
+    // Not even one batch fits: an error naming the key, at the first batch.
+    let e = loader(2, 1)
+        .epoch(0)
+        .next()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`pinned_memory_mib`"), "{e}");
+}

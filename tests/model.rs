@@ -186,10 +186,10 @@ fn queue_keeps_the_latest_keys_in_order() {
     let batch = |v: f32| Tensor::full([4, 2], v as f64, (Kind::Float, Device::Cpu));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let col = |q: &Queue| Vec::<f32>::try_from(q.keys.select(1, 0)).unwrap();
-    q.push(&batch(1.0), &mut rng);
+    q.push(&batch(1.0), &mut rng).unwrap();
     assert_eq!(q.ptr, 4);
     assert_eq!(&col(&q)[..4], &[1.0; 4]);
-    q.push(&batch(2.0), &mut rng); // Wraps: rows 4, 5, 0, 1.
+    q.push(&batch(2.0), &mut rng).unwrap(); // Wraps: rows 4, 5, 0, 1.
     assert_eq!(q.ptr, 2);
     assert_eq!(col(&q), vec![2.0, 2.0, 1.0, 1.0, 2.0, 2.0]);
     assert_eq!(q.keys.size(), vec![6, 2], "the size never changes");
@@ -197,7 +197,7 @@ fn queue_keeps_the_latest_keys_in_order() {
     // K < N: the queue becomes K random keys of the batch.
     let mut small = Queue::new(3, 1, 0, Device::Cpu);
     let keys = Tensor::arange(8, (Kind::Float, Device::Cpu)).view([8, 1]);
-    small.push(&keys, &mut rng);
+    small.push(&keys, &mut rng).unwrap();
     let mut got = Vec::<f32>::try_from(small.keys.flatten(0, -1)).unwrap();
     got.sort_by(f32::total_cmp);
     got.dedup();
@@ -208,7 +208,7 @@ fn queue_keeps_the_latest_keys_in_order() {
 #[test]
 fn shuffle_bn_returns_every_key_to_its_row() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let (perm, inv) = shuffle_indices(12, &mut rng, Device::Cpu);
+    let (perm, inv) = shuffle_indices(12, &mut rng, Device::Cpu).unwrap();
     let x = Tensor::arange(12, (Kind::Float, Device::Cpu));
     assert!(x.index_select(0, &perm).index_select(0, &inv).equal(&x));
     assert!(!x.index_select(0, &perm).equal(&x));

@@ -353,3 +353,118 @@ fn eval_knn_scores_a_checkpoint() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("config.toml"));
 }
+
+#[test]
+fn log_every_reads_the_device_once_per_window_with_the_same_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |log_every: usize| {
+        let cfg = tiny(
+            tmp.path(),
+            "fmnist-simo",
+            &[
+                "epochs=2",
+                "checkpoint_every=0",
+                &format!("log_every={log_every}"),
+            ],
+        );
+        let out = tmp.path().join(format!("every{log_every}"));
+        let s = pretrain(&cfg, &opts(&out, false)).unwrap();
+        (s, metrics::read(&out.join("metrics.jsonl")).unwrap())
+    };
+    let (each, a) = run(1);
+    let (batched, b) = run(4);
+    assert_eq!(each.device_reads, 12, "one read a step");
+    // Steps 1–4, 5–6 (the epoch ends: its checkpoint), 7–10, 11–12.
+    assert_eq!(batched.device_reads, 4);
+    assert_eq!(a.len(), 12);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (
+                x.step,
+                x.epoch,
+                x.loss,
+                x.mi_bound,
+                x.grad_norm_q,
+                x.lr,
+                x.k
+            ),
+            (
+                y.step,
+                y.epoch,
+                y.loss,
+                y.mi_bound,
+                y.grad_norm_q,
+                y.lr,
+                y.k
+            )
+        );
+        assert!(y.img_per_s > 0.0);
+    }
+}
+
+#[test]
+fn a_nan_is_named_by_its_step_within_log_every_and_no_checkpoint_follows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny(
+        tmp.path(),
+        "fmnist-simo",
+        &[
+            "epochs=4",
+            "checkpoint_every=0",
+            "log_every=5",
+            "lr=1e30",
+            "warmup_epochs=0",
+        ],
+    );
+    let out = tmp.path().join("run");
+    let e = pretrain(&cfg, &opts(&out, false)).unwrap_err();
+    assert!(matches!(e, eqco::Error::Numerical(_)), "{e}");
+    let written = metrics::read(&out.join("metrics.jsonl")).unwrap();
+    // The lines before the NaN are kept; the NaN's step is the next one.
+    let bad = written.len() as u64 + 1;
+    let text = e.to_string();
+    assert!(text.contains(&format!("at step {bad} ")), "{text}");
+    assert!(written.iter().all(|m| m.loss.is_finite()));
+    for entry in std::fs::read_dir(out.join("checkpoints"))
+        .into_iter()
+        .flatten()
+    {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.strip_suffix(".safetensors"))
+        {
+            let step: u64 = step.parse().unwrap();
+            assert!(
+                step < bad,
+                "checkpoint {name} written after the NaN at step {bad}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_steps_figures_stay_on_the_device_as_tensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny(
+        tmp.path(),
+        "fmnist-mocov2",
+        &["k_negatives=64", "queue_size=64"],
+    );
+    let mut method =
+        eqco::method::build(&cfg, 3, 10, eqco::device::Compute::plain(Device::Cpu)).unwrap();
+    let batch = eqco::data::TwoViewBatch {
+        view1: tch::Tensor::randn([32, 3, 16, 16], tch::kind::FLOAT_CPU),
+        view2: tch::Tensor::randn([32, 3, 16, 16], tch::kind::FLOAT_CPU),
+        indices: (0..32).collect(),
+        labels: None,
+    };
+    let out = method.forward(&batch, 0).unwrap();
+    for t in [&out.loss, &out.grad_norm_q] {
+        assert_eq!(t.dim(), 0, "a scalar tensor");
+        assert_eq!(t.kind(), tch::Kind::Float);
+    }
+    assert!(out.loss.requires_grad() && !out.grad_norm_q.requires_grad());
+    assert_eq!(out.mi_bound_offset, 64f64.ln() + 0.0, "plain InfoNCE: ln K");
+}

@@ -103,11 +103,13 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
 
 fn load(source: &Source, common: &CommonArgs) -> anyhow::Result<Frozen> {
     let device = parse_device(&common.device)?;
-    tch::set_num_threads(common.threads()? as i32);
+    let threads = common.threads()?;
+    tch::set_num_threads(threads as i32);
     Ok(Frozen::load(
         &source.checkpoint,
         source.dataset.as_deref(),
         device,
+        threads,
     )?)
 }
 

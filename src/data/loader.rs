@@ -1,6 +1,6 @@
-//! The two-view loader: per-epoch shuffling, drop-last batches of two
-//! independent augmentations of each image, built by worker threads ahead of
-//! the training step.
+//! The loader: per-epoch shuffling, batches of one or two independent
+//! augmentations of each image, built by worker threads ahead of the
+//! training step (two views for pretraining, one for evaluation).
 //!
 //! Worker `w` of `T` builds batches `w, w + T, w + 2T, …` of an epoch and
 //! hands them over through its own bounded channel (`prefetch` deep); the
@@ -8,15 +8,17 @@
 //! Each image's views come from an RNG seeded by (seed, epoch, index), so the
 //! output is the same whatever the thread count.
 //!
-//! A worker writes a whole batch into one float32 buffer: view 1, view 2,
-//! then the labels. The views are written in the layout the model reads
-//! (NHWC for channels-last), so no copy is made on the way to the model.
-//! For a CUDA target the buffer is page-locked and the batch reaches the
-//! GPU in one copy that does not block.
+//! A worker writes a whole batch into one float32 buffer: the views, then
+//! the labels. The views are written in the layout the model reads (NHWC
+//! for channels-last). On the CPU that buffer is the batch: no copy is made
+//! on the way to the model. For a GPU the buffer is a slot of a bounded
+//! pool of page-locked [staging](super::staging) buffers, and the batch
+//! reaches the device in one copy that does not block.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
+use super::staging::{Lease, PoolPlan, StagingPool};
 use super::{Dataset, Recipe};
+use crate::device::memory::Event;
 use crate::error::{Error, Result};
 use crate::seed::derive;
 
@@ -52,6 +56,12 @@ pub struct LoaderConfig {
     pub device: Device,
     /// Write the views channels-last (NHWC memory, seen as NCHW).
     pub channels_last: bool,
+    /// Cap of the staging pool, in MiB (the `pinned_memory_mib` key).
+    pub staging_mib: usize,
+    /// Pass batches through the staging pool on the CPU too (always done
+    /// for a GPU, where its buffers are page-locked): the same path, with
+    /// plain memory and a copy, so that it can be tested without a GPU.
+    pub stage_on_cpu: bool,
 }
 
 impl Default for LoaderConfig {
@@ -65,7 +75,16 @@ impl Default for LoaderConfig {
             drop_last: true,
             device: Device::Cpu,
             channels_last: false,
+            staging_mib: 4096,
+            stage_on_cpu: false,
         }
+    }
+}
+
+impl LoaderConfig {
+    /// Whether batches pass through the staging pool.
+    fn staged(&self) -> bool {
+        self.device.is_cuda() || self.stage_on_cpu
     }
 }
 
@@ -82,13 +101,60 @@ pub struct TwoViewBatch {
     pub labels: Option<Tensor>,
 }
 
-/// Batches of two augmented views of a dataset's images.
+/// One view of N images, on the loader's device (evaluation).
+#[derive(Debug)]
+pub struct OneViewBatch {
+    /// The views `[N, C, H, W]`, float32 (channels-last if configured).
+    pub view: Tensor,
+    /// The images' indices in the dataset.
+    pub indices: Vec<usize>,
+    /// Their labels `[N]` int64, if the dataset has labels.
+    pub labels: Option<Tensor>,
+}
+
+/// A kind of batch: how many views of each image it holds.
+pub trait Views: Sized {
+    /// Views per image.
+    const COUNT: usize;
+    /// The batch from its views, labels and image indices.
+    fn assemble(views: Vec<Tensor>, labels: Option<Tensor>, indices: Vec<usize>) -> Self;
+}
+
+impl Views for TwoViewBatch {
+    const COUNT: usize = 2;
+    fn assemble(views: Vec<Tensor>, labels: Option<Tensor>, indices: Vec<usize>) -> Self {
+        let [view1, view2]: [Tensor; 2] = views.try_into().expect("two views");
+        TwoViewBatch {
+            view1,
+            view2,
+            indices,
+            labels,
+        }
+    }
+}
+
+impl Views for OneViewBatch {
+    const COUNT: usize = 1;
+    fn assemble(views: Vec<Tensor>, labels: Option<Tensor>, indices: Vec<usize>) -> Self {
+        let [view]: [Tensor; 1] = views.try_into().expect("one view");
+        OneViewBatch {
+            view,
+            indices,
+            labels,
+        }
+    }
+}
+
+/// Batches of augmented views of a dataset's images.
 pub struct Loader {
     dataset: Arc<Dataset>,
     recipe: Arc<Recipe>,
     cfg: LoaderConfig,
     /// The images an epoch visits (all, or a subset).
     images: Vec<usize>,
+    /// The staging pool, made for the first staged epoch (and remade if a
+    /// later epoch needs larger slots).
+    pool: Mutex<Option<Arc<StagingPool>>>,
 }
 
 impl Loader {
@@ -136,7 +202,44 @@ impl Loader {
             recipe: Arc::new(recipe),
             cfg,
             images,
+            pool: Mutex::new(None),
         })
+    }
+
+    /// The staging pool's layout for batches of `views` views, under the
+    /// configured cap (an error naming `pinned_memory_mib` if not even one
+    /// batch fits).
+    pub fn staging_plan(&self, views: usize) -> Result<PoolPlan> {
+        PoolPlan::new(
+            self.cfg.threads,
+            self.cfg.prefetch,
+            4 * self.batch_len(views, self.cfg.batch_size.min(self.images.len())),
+            self.cfg.staging_mib << 20,
+        )
+    }
+
+    /// Floats in one batch of `n` images with `views` views each (and their labels).
+    fn batch_len(&self, views: usize, n: usize) -> usize {
+        let labels = if self.dataset.has_labels() { n } else { 0 };
+        views * n * self.recipe.view_len() + labels
+    }
+
+    /// The staging pool for batches of `views` views.
+    fn staging_pool(&self, views: usize) -> Result<Arc<StagingPool>> {
+        let plan = self.staging_plan(views)?;
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        match pool.as_ref() {
+            Some(p) if p.plan() == plan => Ok(p.clone()),
+            _ => {
+                let made = Arc::new(StagingPool::new(
+                    plan,
+                    plan.slot_bytes / 4,
+                    self.cfg.device,
+                )?);
+                *pool = Some(made.clone());
+                Ok(made)
+            }
+        }
     }
 
     /// The dataset.
@@ -184,35 +287,72 @@ impl Loader {
         order
     }
 
-    /// The batches of epoch `epoch`, in order, built ahead by the workers.
-    pub fn epoch(&self, epoch: u64) -> Epoch {
+    /// The two-view batches of epoch `epoch`, in order, built ahead by the workers.
+    pub fn epoch(&self, epoch: u64) -> Epoch<TwoViewBatch> {
         self.epoch_from(epoch, 0)
     }
 
     /// Epoch `epoch` starting at batch `first` (to resume mid-epoch).
-    pub fn epoch_from(&self, epoch: u64, first: usize) -> Epoch {
+    pub fn epoch_from(&self, epoch: u64, first: usize) -> Epoch<TwoViewBatch> {
+        self.start(epoch, first)
+    }
+
+    /// The one-view batches of epoch `epoch` (each image's first view, as in
+    /// the two-view epoch): evaluation's.
+    pub fn single_view_epoch(&self, epoch: u64) -> Epoch<OneViewBatch> {
+        self.start(epoch, 0)
+    }
+
+    fn start<B: Views>(&self, epoch: u64, first: usize) -> Epoch<B> {
         let order = Arc::new(self.order(epoch));
         let n_batches = self.batches_per_epoch();
-        let workers = self.cfg.threads.min(n_batches.saturating_sub(first)).max(1);
+        let pool = if self.cfg.staged() {
+            match self.staging_pool(B::COUNT) {
+                Ok(p) => Some(p),
+                Err(e) => return Epoch::failed(e, self.recipe.clone()),
+            }
+        } else {
+            None
+        };
+        let threads = pool.as_ref().map_or(self.cfg.threads, |p| p.plan().workers);
+        let workers = threads.min(n_batches.saturating_sub(first)).max(1);
         let stop = Arc::new(AtomicBool::new(false));
         let mut receivers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for w in 0..workers {
             let (tx, rx) = sync_channel(self.cfg.prefetch);
             receivers.push(rx);
-            let (dataset, recipe, order, stop) = (
+            let (dataset, recipe, order, stop, pool) = (
                 self.dataset.clone(),
                 self.recipe.clone(),
                 order.clone(),
                 stop.clone(),
+                pool.clone(),
             );
             let cfg = self.cfg;
             handles.push(std::thread::spawn(move || {
                 let mut b = first + w;
                 while b < n_batches && !stop.load(Ordering::Relaxed) {
+                    let lease = match pool.as_ref().map(|p| p.take(w, &stop)) {
+                        None => None,
+                        Some(Ok(Some(lease))) => Some(lease),
+                        Some(Ok(None)) => break, // Stopped while waiting for a slot.
+                        Some(Err(e)) => {
+                            let _ = tx.send(Err(e));
+                            break;
+                        }
+                    };
                     let lo = b * cfg.batch_size;
                     let hi = (lo + cfg.batch_size).min(order.len());
-                    let batch = build(&dataset, &recipe, &cfg, epoch, &order[lo..hi]);
+                    let batch = build(
+                        &dataset,
+                        &recipe,
+                        &cfg,
+                        epoch,
+                        &order[lo..hi],
+                        B::COUNT,
+                        lease,
+                    );
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         break;
@@ -232,51 +372,57 @@ impl Loader {
             waited: Duration::ZERO,
             stop,
             handles,
+            failure: None,
+            kind: PhantomData,
         }
     }
 
     /// Two views of image `index` as in epoch `epoch`, CHW floats each.
     pub fn views(&self, epoch: u64, index: usize) -> Result<(Vec<f32>, Vec<f32>)> {
         let len = self.recipe.view_len();
-        let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
-        two_views(
+        let mut both = vec![0f32; 2 * len];
+        let (a, b) = both.split_at_mut(len);
+        views_of(
             &self.dataset,
             &self.recipe,
             self.cfg.seed,
             epoch,
             index,
-            &mut a,
-            &mut b,
+            &mut [a, b],
             false,
         )?;
-        Ok((a, b))
+        let b = both.split_off(len);
+        Ok((both, b))
     }
 }
 
-/// Writes the two views of image `index` in epoch `epoch` into `a` and `b`
-/// (HWC when `hwc`, else CHW).
-#[allow(clippy::too_many_arguments)]
-fn two_views(
+/// Writes the views of image `index` in epoch `epoch` into `outs`, in
+/// order from one RNG (HWC when `hwc`, else CHW): the first view is the
+/// same whether one or two are made.
+fn views_of(
     dataset: &Dataset,
     recipe: &Recipe,
     seed: u64,
     epoch: u64,
     index: usize,
-    a: &mut [f32],
-    b: &mut [f32],
+    outs: &mut [&mut [f32]],
     hwc: bool,
 ) -> Result<()> {
     let img = dataset.image(index)?;
     let mut rng = ChaCha8Rng::seed_from_u64(derive(seed, &[AUGMENT, epoch, index as u64]));
-    recipe.apply_as(&img, &mut rng, a, hwc)?;
-    recipe.apply_as(&img, &mut rng, b, hwc)
+    for out in outs.iter_mut() {
+        recipe.apply_as(&img, &mut rng, out, hwc)?;
+    }
+    Ok(())
 }
 
-/// A batch in host memory (page-locked for a CUDA target): one float32
-/// buffer holding view 1, view 2 and, for a labelled dataset, the labels.
+/// A batch in host memory: one float32 buffer holding its views and, for
+/// a labelled dataset, the labels; in a staging slot when staged.
 struct HostBatch {
     buffer: Tensor,
+    lease: Option<Lease>,
     indices: Vec<usize>,
+    views: usize,
     labelled: bool,
 }
 
@@ -291,39 +437,43 @@ fn view_layout(recipe: &Recipe, n: usize, channels_last: bool) -> ([i64; 4], [i6
     }
 }
 
-/// An uninitialised float32 host buffer of `len` elements; page-locked for
-/// a CUDA target, so that its copy to the GPU does not block.
-fn host_buffer(len: usize, device: Device) -> Result<Tensor> {
-    if device.is_cuda() {
-        crate::data::pinned::empty(len)
-    } else {
-        Ok(Tensor::empty([len as i64], (Kind::Float, Device::Cpu)))
-    }
-}
-
 fn build(
     dataset: &Dataset,
     recipe: &Recipe,
     cfg: &LoaderConfig,
     epoch: u64,
     idx: &[usize],
+    views: usize,
+    lease: Option<Lease>,
 ) -> Result<HostBatch> {
     let len = recipe.view_len();
     let n = idx.len();
     let labelled = dataset.has_labels();
-    let buffer = host_buffer(2 * n * len + if labelled { n } else { 0 }, cfg.device)?;
-    // SAFETY: a new contiguous float32 tensor of that many elements, owned
-    // by this thread until it is sent; nothing else reads or writes it.
-    let data =
-        unsafe { std::slice::from_raw_parts_mut(buffer.data_ptr() as *mut f32, buffer.numel()) };
-    let (views, labels) = data.split_at_mut(2 * n * len);
-    let (v1, v2) = views.split_at_mut(n * len);
-    for ((&i, a), b) in idx
-        .iter()
-        .zip(v1.chunks_exact_mut(len))
-        .zip(v2.chunks_exact_mut(len))
-    {
-        two_views(dataset, recipe, cfg.seed, epoch, i, a, b, cfg.channels_last)?;
+    let total = views * n * len + if labelled { n } else { 0 };
+    let buffer = match &lease {
+        Some(l) => l.buffer().narrow(0, 0, total as i64),
+        None => Tensor::empty([total as i64], (Kind::Float, Device::Cpu)),
+    };
+    // SAFETY: a contiguous float32 buffer of `total` elements (a new tensor,
+    // or the front of a leased slot) that only this thread touches until the
+    // batch is sent.
+    let data = unsafe { std::slice::from_raw_parts_mut(buffer.data_ptr() as *mut f32, total) };
+    let (pixels, labels) = data.split_at_mut(views * n * len);
+    let mut per_view: Vec<&mut [f32]> = pixels.chunks_exact_mut(n * len).collect();
+    for (j, &i) in idx.iter().enumerate() {
+        let mut outs: Vec<&mut [f32]> = per_view
+            .iter_mut()
+            .map(|v| &mut v[j * len..(j + 1) * len])
+            .collect();
+        views_of(
+            dataset,
+            recipe,
+            cfg.seed,
+            epoch,
+            i,
+            &mut outs,
+            cfg.channels_last,
+        )?;
     }
     for (slot, &i) in labels.iter_mut().zip(idx) {
         // Exact: class numbers are far below 2^24.
@@ -331,29 +481,31 @@ fn build(
     }
     Ok(HostBatch {
         buffer,
+        lease,
         indices: idx.to_vec(),
+        views,
         labelled,
     })
 }
 
 /// The views and labels of a batch whose buffer is on its device.
-fn split(buffer: &Tensor, host: &HostBatch, recipe: &Recipe, channels_last: bool) -> TwoViewBatch {
+fn split<B: Views>(buffer: &Tensor, host: HostBatch, recipe: &Recipe, channels_last: bool) -> B {
     let n = host.indices.len();
     let len = (n * recipe.view_len()) as i64;
     let (shape, perm) = view_layout(recipe, n, channels_last);
-    let view = |i: i64| buffer.narrow(0, i * len, len).view(shape).permute(perm);
-    TwoViewBatch {
-        view1: view(0),
-        view2: view(1),
-        indices: host.indices.clone(),
-        labels: host
-            .labelled
-            .then(|| buffer.narrow(0, 2 * len, n as i64).to_kind(Kind::Int64)),
-    }
+    let views = (0..host.views as i64)
+        .map(|i| buffer.narrow(0, i * len, len).view(shape).permute(perm))
+        .collect();
+    let labels = host.labelled.then(|| {
+        buffer
+            .narrow(0, host.views as i64 * len, n as i64)
+            .to_kind(Kind::Int64)
+    });
+    B::assemble(views, labels, host.indices)
 }
 
 /// One epoch's batches, in order. Dropping it stops the workers.
-pub struct Epoch {
+pub struct Epoch<B: Views = TwoViewBatch> {
     receivers: Vec<Receiver<Result<HostBatch>>>,
     next: usize,
     first: usize,
@@ -364,19 +516,62 @@ pub struct Epoch {
     waited: Duration,
     stop: Arc<AtomicBool>,
     handles: Vec<JoinHandle<()>>,
+    /// An error found before any worker started (the staging pool).
+    failure: Option<Error>,
+    kind: PhantomData<B>,
 }
 
-impl Epoch {
+impl<B: Views> Epoch<B> {
+    /// An epoch that yields `error` and ends.
+    fn failed(error: Error, recipe: Arc<Recipe>) -> Epoch<B> {
+        Epoch {
+            receivers: Vec::new(),
+            next: 0,
+            first: 0,
+            n_batches: 1,
+            device: Device::Cpu,
+            recipe,
+            channels_last: false,
+            waited: Duration::ZERO,
+            stop: Arc::new(AtomicBool::new(true)),
+            handles: Vec::new(),
+            failure: Some(error),
+            kind: PhantomData,
+        }
+    }
+
     /// Time spent so far waiting for the workers (a batch not ready when asked for).
     pub fn waited(&self) -> Duration {
         self.waited
     }
+
+    /// The batch's buffer on the device. A staged batch is copied out of
+    /// its slot (without blocking, for a GPU), and the slot goes back to
+    /// its worker; on a GPU, with the event its next writer waits for.
+    fn to_device(&self, host: &mut HostBatch) -> Result<Tensor> {
+        let Some(lease) = host.lease.take() else {
+            return Ok(host.buffer.shallow_clone());
+        };
+        if self.device.is_cuda() {
+            let on_device = host
+                .buffer
+                .to_device_(self.device, Kind::Float, true, false);
+            lease.release_after(Event::record(self.device)?);
+            Ok(on_device)
+        } else {
+            Ok(host.buffer.copy())
+        }
+    }
 }
 
-impl Iterator for Epoch {
-    type Item = Result<TwoViewBatch>;
+impl<B: Views> Iterator for Epoch<B> {
+    type Item = Result<B>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.failure.take() {
+            self.next = self.n_batches;
+            return Some(Err(e));
+        }
         if self.next >= self.n_batches {
             return None;
         }
@@ -385,7 +580,7 @@ impl Iterator for Epoch {
         let asked = Instant::now();
         let received = self.receivers[worker].recv();
         self.waited += asked.elapsed();
-        let host = match received {
+        let mut host = match received {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 self.next = self.n_batches;
@@ -398,14 +593,14 @@ impl Iterator for Epoch {
                 )));
             }
         };
-        // One copy of the whole batch, queued without waiting (page-locked source).
-        let buffer = if self.device.is_cuda() {
-            host.buffer
-                .to_device_(self.device, Kind::Float, true, false)
-        } else {
-            host.buffer.shallow_clone()
+        let buffer = match self.to_device(&mut host) {
+            Ok(b) => b,
+            Err(e) => {
+                self.next = self.n_batches;
+                return Some(Err(e));
+            }
         };
-        Some(Ok(split(&buffer, &host, &self.recipe, self.channels_last)))
+        Some(Ok(split(&buffer, host, &self.recipe, self.channels_last)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -414,7 +609,7 @@ impl Iterator for Epoch {
     }
 }
 
-impl Drop for Epoch {
+impl<B: Views> Drop for Epoch<B> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.receivers.clear();

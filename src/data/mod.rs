@@ -10,11 +10,12 @@ pub mod dataset;
 pub mod formats;
 pub mod image;
 pub mod loader;
-pub mod pinned;
+pub mod staging;
+
 pub mod preview;
 pub mod synthetic;
 
 pub use augment::{Normalize, Recipe, RecipeName};
 pub use dataset::{Cifar100Labels, Dataset, Format, OpenOptions, Split};
 pub use image::Image;
-pub use loader::{Loader, LoaderConfig, TwoViewBatch};
+pub use loader::{Loader, LoaderConfig, OneViewBatch, TwoViewBatch, Views};

@@ -1,52 +1,65 @@
 //! Frozen features: the backbone's pooled output, in inference mode (BN with
 //! its running statistics), on the views of a recipe (deterministic for the
-//! `eval` recipe; seeded by `seed` and the image otherwise).
+//! `eval` recipe), made by the multi-threaded loader: one view per image,
+//! written in the model's layout and, for a GPU, copied from page-locked
+//! memory without blocking.
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+
 use tch::nn::ModuleT;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-use crate::data::{Dataset, Recipe};
+use crate::data::{Dataset, Loader, LoaderConfig, Recipe};
 use crate::device::{float32, Compute};
 use crate::error::Result;
 use crate::model::ResNet;
-use crate::seed::derive;
+
+/// Images per forward pass.
+const BATCH: usize = 256;
 
 /// Pooled features `[n, F]` (float32, not normalised) and labels `[n]` (−1
-/// where the dataset has none) of images `indices` of `dataset`, in batches
-/// of `batch` (a random recipe draws each image's view from its index),
-/// computed as `compute` says (device, precision, memory format).
+/// where the dataset has none) of images `indices` of `dataset`, in that
+/// order, computed as `compute` says (device, precision, memory format),
+/// with `threads` loader threads.
 pub fn extract(
     backbone: &ResNet,
-    dataset: &Dataset,
+    dataset: &Arc<Dataset>,
     recipe: &Recipe,
     indices: &[usize],
-    batch: usize,
     compute: Compute,
+    threads: usize,
 ) -> Result<(Tensor, Tensor)> {
-    let device = compute.device;
-    let len = recipe.view_len();
-    let s = recipe.size() as i64;
-    let mut feats = Vec::new();
-    for chunk in indices.chunks(batch.max(1)) {
-        let mut buf = vec![0f32; chunk.len() * len];
-        for (&i, out) in chunk.iter().zip(buf.chunks_exact_mut(len)) {
-            let mut rng = ChaCha8Rng::seed_from_u64(derive(0, &[i as u64]));
-            recipe.apply(&dataset.image(i)?, &mut rng, out)?;
-        }
-        let x = Tensor::from_slice(&buf)
-            .view([chunk.len() as i64, recipe.channels as i64, s, s])
-            .to_device(device);
-        let f = tch::no_grad(|| compute.run(|| backbone.forward_t(&compute.layout(&x), false)));
+    let loader = Loader::with_images(
+        dataset.clone(),
+        recipe.clone(),
+        LoaderConfig {
+            batch_size: BATCH.min(indices.len()).max(1),
+            threads: threads.max(1),
+            shuffle: false,
+            drop_last: false,
+            device: compute.device,
+            channels_last: compute.channels_last,
+            ..Default::default()
+        },
+        indices.to_vec(),
+    )?;
+    let (mut feats, mut labels) = (Vec::new(), Vec::new());
+    for batch in loader.single_view_epoch(0) {
+        let batch = batch?;
+        let f = tch::no_grad(|| compute.run(|| backbone.forward_t(&batch.view, false)));
         feats.push(float32(&f));
+        labels.push(batch.labels.unwrap_or_else(|| {
+            Tensor::full(
+                [batch.indices.len() as i64],
+                -1,
+                (Kind::Int64, compute.device),
+            )
+        }));
     }
-    let labels: Vec<i64> = indices
-        .iter()
-        .map(|&i| dataset.label(i).unwrap_or(-1))
-        .collect();
-    Ok((
-        Tensor::cat(&feats, 0),
-        Tensor::from_slice(&labels).to_device(device),
-    ))
+    if feats.is_empty() {
+        let dim = backbone.config.feature_dim();
+        let empty = |k, shape: &[i64]| Tensor::zeros(shape, (k, compute.device));
+        return Ok((empty(Kind::Float, &[0, dim]), empty(Kind::Int64, &[0])));
+    }
+    Ok((Tensor::cat(&feats, 0), Tensor::cat(&labels, 0)))
 }

@@ -10,6 +10,7 @@ use tch::{Device, Tensor};
 use super::features::extract;
 
 use crate::data::{Dataset, Recipe, RecipeName, Split};
+use crate::device::memory::upload;
 use crate::device::Compute;
 use crate::error::{Error, Result};
 use crate::method::shared::load_named;
@@ -30,11 +31,13 @@ pub struct Frozen {
     /// The training split (memory bank, classifier training).
     pub train: Arc<Dataset>,
     /// The test split (scored).
-    pub test: Dataset,
+    pub test: Arc<Dataset>,
     /// Where the backbone runs.
     pub device: Device,
     /// How it computes: the run's precision and memory format on `device`.
     pub compute: Compute,
+    /// Threads that load and augment images.
+    pub threads: usize,
     backbone: ResNet,
     /// Keeps the backbone's variables.
     _vs: tch::nn::VarStore,
@@ -44,9 +47,14 @@ pub struct Frozen {
 
 impl Frozen {
     /// Loads `checkpoint` (in `<run>/checkpoints/`, whose `config.toml`
-    /// gives the model and the dataset) on `device`; `dataset` replaces the
-    /// run's dataset folder (format detected).
-    pub fn load(checkpoint: &Path, dataset: Option<&Path>, device: Device) -> Result<Frozen> {
+    /// gives the model and the dataset) on `device`, with `threads` loader
+    /// threads; `dataset` replaces the run's dataset folder (format detected).
+    pub fn load(
+        checkpoint: &Path,
+        dataset: Option<&Path>,
+        device: Device,
+        threads: usize,
+    ) -> Result<Frozen> {
         let run = checkpoint
             .parent()
             .and_then(|p| p.parent())
@@ -93,8 +101,9 @@ impl Frozen {
             step: pos.step,
             config,
             train: Arc::new(train),
-            test,
+            test: Arc::new(test),
             device,
+            threads: threads.max(1),
             compute,
             backbone,
             _vs: vs,
@@ -125,7 +134,7 @@ impl Frozen {
         match self.train_features.get() {
             Some((f, l)) => {
                 let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-                let idx = Tensor::from_slice(&idx).to_device(self.device);
+                let idx = upload(&idx, self.device)?;
                 Ok((f.index_select(0, &idx), l.index_select(0, &idx)))
             }
             None => self.extract_split(&self.train, indices),
@@ -145,15 +154,15 @@ impl Frozen {
         Ok((f, l))
     }
 
-    fn extract_split(&self, dataset: &Dataset, indices: &[usize]) -> Result<(Tensor, Tensor)> {
+    fn extract_split(&self, dataset: &Arc<Dataset>, indices: &[usize]) -> Result<(Tensor, Tensor)> {
         let recipe = self.recipe(RecipeName::Eval)?;
         extract(
             self.backbone(),
             dataset,
             &recipe,
             indices,
-            256,
             self.compute,
+            self.threads,
         )
     }
 

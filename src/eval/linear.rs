@@ -301,7 +301,6 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
         }
         LinearMode::Moco => {
             let recipe = frozen.recipe(RecipeName::Supervised)?;
-            // The loader makes two views; the probe trains on the first.
             let loader = Loader::with_images(
                 frozen.train.clone(),
                 recipe,
@@ -320,14 +319,14 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
             for epoch in 0..settings.epochs {
                 let lr = settings.lr_at(epoch);
                 let mut sums = (0.0, 0);
-                for batch in loader.epoch(epoch as u64) {
+                for batch in loader.single_view_epoch(epoch as u64) {
                     let batch = batch?;
                     let labels = batch.labels.as_ref().ok_or_else(|| {
                         Error::Internal("a labelled dataset gave a batch without labels".into())
                     })?;
                     let c = frozen.compute;
                     let feats = float32(&tch::no_grad(|| {
-                        c.run(|| frozen.backbone().forward_t(&batch.view1, false))
+                        c.run(|| frozen.backbone().forward_t(&batch.view, false))
                     }));
                     let (l, h) = probe.step(&feats, labels, lr)?;
                     sums = (sums.0 + l, sums.1 + h);

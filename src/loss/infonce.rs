@@ -128,9 +128,16 @@ impl InfoNceOutput {
         self.logits.detach().softmax(1, self.logits.kind())
     }
 
-    /// The batch's empirical MI lower bound `ln K + m/τ − L` (Eq. 4 and 6).
+    /// The batch's empirical MI lower bound `ln K + m/τ − L` (Eq. 4 and 6);
+    /// reads the loss from the device.
     pub fn mi_bound(&self) -> f64 {
-        (self.k as f64).ln() + self.margin / self.tau - self.loss.double_value(&[])
+        self.mi_bound_offset() - self.loss.double_value(&[])
+    }
+
+    /// `ln K + m/τ`: the MI bound (Eq. 4 and 6) is this minus the mean loss
+    /// (`ln α` under EqCo).
+    pub fn mi_bound_offset(&self) -> f64 {
+        (self.k as f64).ln() + self.margin / self.tau
     }
 }
 

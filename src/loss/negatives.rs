@@ -21,13 +21,30 @@ use crate::error::{Error, Result};
 /// next one along: exactly the same columns taken from every row of the
 /// off-diagonal `[N, N − 1]` similarity matrix.
 pub fn shared_subset(n: usize, k: usize, rng: &mut impl Rng) -> Result<Tensor> {
+    let cols = shared_columns(n, k, rng)?;
+    Ok(shared_subset_from_columns(
+        &Tensor::from_slice(&cols),
+        n as i64,
+    ))
+}
+
+/// The draw behind [`shared_subset`]: K distinct columns of the N − 1
+/// off-diagonal ones. Uploading these K numbers, not `[N, K]` indices, is
+/// all a GPU needs (see [`shared_subset_from_columns`]).
+pub fn shared_columns(n: usize, k: usize, rng: &mut impl Rng) -> Result<Vec<i64>> {
     check_k(k, n.saturating_sub(1), n)?;
-    let cols = index::sample(rng, n - 1, k).into_vec();
-    let mut idx = Vec::with_capacity(n * k);
-    for i in 0..n {
-        idx.extend(cols.iter().map(|&c| (if c < i { c } else { c + 1 }) as i64));
-    }
-    Ok(Tensor::from_slice(&idx).view([n as i64, k as i64]))
+    Ok(index::sample(rng, n - 1, k)
+        .into_iter()
+        .map(|c| c as i64)
+        .collect())
+}
+
+/// [`shared_subset`]'s indices `[N, K]` from its columns `cols: [K]`, on
+/// their device: row i maps column c to key `c + (c ≥ i)`.
+pub fn shared_subset_from_columns(cols: &Tensor, n: i64) -> Tensor {
+    let c = cols.unsqueeze(0);
+    let rows = Tensor::arange(n, (tch::Kind::Int64, cols.device())).unsqueeze(1);
+    &c + c.ge_tensor(&rows).to_kind(tch::Kind::Int64)
 }
 
 /// SimCLR's rule: for each of `n_queries` queries, K distinct keys drawn
@@ -40,6 +57,18 @@ pub fn per_query(
     excluded: impl Fn(usize) -> Vec<usize>,
     rng: &mut impl Rng,
 ) -> Result<Tensor> {
+    let idx = per_query_draws(n_queries, n_keys, k, excluded, rng)?;
+    Ok(Tensor::from_slice(&idx).view([n_queries as i64, k as i64]))
+}
+
+/// [`per_query`]'s indices as host numbers, row after row (to upload).
+pub fn per_query_draws(
+    n_queries: usize,
+    n_keys: usize,
+    k: usize,
+    excluded: impl Fn(usize) -> Vec<usize>,
+    rng: &mut impl Rng,
+) -> Result<Vec<i64>> {
     let mut idx = Vec::with_capacity(n_queries * k);
     for i in 0..n_queries {
         let mut ex = excluded(i);
@@ -58,7 +87,7 @@ pub fn per_query(
             idx.push(key as i64);
         }
     }
-    Ok(Tensor::from_slice(&idx).view([n_queries as i64, k as i64]))
+    Ok(idx)
 }
 
 fn check_k(k: usize, available: usize, batch: usize) -> Result<()> {

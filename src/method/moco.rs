@@ -15,6 +15,7 @@ use tch::{Device, Kind, Tensor};
 use super::shared::{finish, step_rng, MomentumPair};
 use super::{Method, StepOutput};
 use crate::data::TwoViewBatch;
+use crate::device::memory::upload;
 use crate::device::Compute;
 use crate::error::{Error, Result};
 use crate::loss::{info_nce, LossConfig, Negatives};
@@ -51,14 +52,14 @@ impl Queue {
 
     /// Enqueues the batch's keys `[N, D]` over the oldest ones (wrapping
     /// around); if K < N, the queue becomes K of them chosen with `pick`.
-    pub fn push(&mut self, keys: &Tensor, pick: &mut impl rand::Rng) {
+    pub fn push(&mut self, keys: &Tensor, pick: &mut impl rand::Rng) -> Result<()> {
         let (k, n) = (self.keys.size()[0], keys.size()[0]);
         tch::no_grad(|| {
             if k < n {
                 let mut rows: Vec<i64> = (0..n).collect();
                 rows.shuffle(pick);
                 rows.truncate(k as usize);
-                let idx = Tensor::from_slice(&rows).to_device(keys.device());
+                let idx = upload(&rows, keys.device())?;
                 self.keys.copy_(&keys.index_select(0, &idx));
                 self.ptr = 0;
             } else {
@@ -68,22 +69,27 @@ impl Queue {
                     .index_copy_(0, &idx, &keys.to_kind(self.keys.kind()));
                 self.ptr = (self.ptr + n) % k;
             }
-        });
+            Ok(())
+        })
     }
 }
 
-/// A permutation of `n` rows and its inverse, as int64 tensors.
-pub fn shuffle_indices(n: usize, rng: &mut impl rand::Rng, device: Device) -> (Tensor, Tensor) {
-    let mut perm: Vec<i64> = (0..n as i64).collect();
-    perm.shuffle(rng);
-    let mut inv = vec![0i64; n];
-    for (pos, &row) in perm.iter().enumerate() {
-        inv[row as usize] = pos as i64;
+/// A permutation of `n` rows and its inverse, as int64 tensors on
+/// `device` (drawn on the host, uploaded in one copy that does not block).
+pub fn shuffle_indices(
+    n: usize,
+    rng: &mut impl rand::Rng,
+    device: Device,
+) -> Result<(Tensor, Tensor)> {
+    let mut both: Vec<i64> = (0..n as i64).collect();
+    both.shuffle(rng);
+    both.resize(2 * n, 0);
+    for pos in 0..n {
+        let row = both[pos] as usize;
+        both[n + row] = pos as i64;
     }
-    (
-        Tensor::from_slice(&perm).to_device(device),
-        Tensor::from_slice(&inv).to_device(device),
-    )
+    let t = upload(&both, device)?;
+    Ok((t.narrow(0, 0, n as i64), t.narrow(0, n as i64, n as i64)))
 }
 
 /// MoCo v1/v2.
@@ -126,7 +132,7 @@ impl Method for Moco {
         let q = self.pair.query.embed_grouped(v1, self.groups, true);
         self.pair.momentum_update(self.ema_momentum);
         let n = v2.size()[0] as usize;
-        let (perm, inv) = shuffle_indices(n, &mut step_rng(self.seed, SHUFFLE, step), v2.device());
+        let (perm, inv) = shuffle_indices(n, &mut step_rng(self.seed, SHUFFLE, step), v2.device())?;
         let k = tch::no_grad(|| {
             self.pair
                 .key
@@ -137,7 +143,8 @@ impl Method for Moco {
         let negs = Negatives::Shared(&queue);
         let out = info_nce(&q, &k, negs, &self.loss)?;
         let result = finish(out, &k, negs);
-        self.queue.push(&k, &mut step_rng(self.seed, ENQUEUE, step));
+        self.queue
+            .push(&k, &mut step_rng(self.seed, ENQUEUE, step))?;
         Ok(result)
     }
 

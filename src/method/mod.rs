@@ -22,17 +22,21 @@ use crate::device::Compute;
 use crate::error::Result;
 use crate::train::config::{MethodName, PretrainConfig};
 
-/// The loss of one batch and what the metrics log about it.
+/// The loss of one batch and what the metrics log about it. The figures
+/// stay on the device as tensors: the trainer reads them every
+/// `log_every` steps, so a step never waits for the GPU.
 #[derive(Debug)]
 pub struct StepOutput {
-    /// The mean loss, to backpropagate.
+    /// The mean loss, a scalar, to backpropagate.
     pub loss: Tensor,
-    /// The empirical MI bound `ln K + m/τ − L` (Eq. 4/6); supervised:
-    /// `ln C − L` between images and their labels (Barber–Agakov).
-    pub mi_bound: f64,
-    /// The mean over queries of `‖∂L_i/∂q_i‖` (Theorem 2); supervised: of
-    /// the loss's gradient with respect to each image's features.
-    pub grad_norm_q: f64,
+    /// `ln K + m/τ`: the empirical MI bound (Eq. 4/6) is this minus the
+    /// loss; supervised: `ln C`, for the bound `ln C − L` between images and
+    /// their labels (Barber–Agakov).
+    pub mi_bound_offset: f64,
+    /// The mean over queries of `‖∂L_i/∂q_i‖` (Theorem 2), a detached
+    /// scalar; supervised: of the loss's gradient with respect to each
+    /// image's features.
+    pub grad_norm_q: Tensor,
 }
 
 /// A contrastive framework: encoders, any queue, and the loss.

@@ -99,14 +99,13 @@ pub fn step_rng(seed: u64, purpose: u64, step: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(derive(seed, &[purpose, step]))
 }
 
-/// The step's output: the loss, its MI bound and the mean closed-form
-/// `‖∂L_i/∂q_i‖` for positives `k_pos` and the given negatives.
+/// The step's output: the loss, its MI bound's offset and the mean
+/// closed-form `‖∂L_i/∂q_i‖` for positives `k_pos` and the given negatives
+/// (still on the device).
 pub fn finish(out: InfoNceOutput, k_pos: &Tensor, negatives: Negatives<'_>) -> StepOutput {
-    let grad_norm_q = grad_norm_q(&out, &k_pos.detach(), negatives)
-        .mean(tch::Kind::Float)
-        .double_value(&[]);
+    let grad_norm_q = grad_norm_q(&out, &k_pos.detach(), negatives).mean(tch::Kind::Float);
     StepOutput {
-        mi_bound: out.mi_bound(),
+        mi_bound_offset: out.mi_bound_offset(),
         grad_norm_q,
         loss: out.loss,
     }

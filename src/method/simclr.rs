@@ -12,6 +12,7 @@ use tch::{Kind, Tensor};
 use super::shared::{finish, step_rng};
 use super::{Method, StepOutput};
 use crate::data::TwoViewBatch;
+use crate::device::memory::upload;
 use crate::device::Compute;
 use crate::error::Result;
 use crate::loss::{info_nce, negatives, LossConfig, Negatives};
@@ -51,13 +52,14 @@ impl Method for SimClr {
         let (v1, v2) = (&batch.view1, &batch.view2);
         let n = v1.size()[0] as usize;
         let z = self.encoder.embed(&Tensor::cat(&[v1, v2], 0), true);
+        // The partner of embedding i is i ± N: (i + N) mod 2N.
         let partner = |i: usize| (i + n) % (2 * n);
-        let pos_idx: Vec<i64> = (0..2 * n).map(|i| partner(i) as i64).collect();
-        let k_pos = z.index_select(0, &Tensor::from_slice(&pos_idx).to_device(z.device()));
+        let rows = Tensor::arange(2 * n as i64, (Kind::Int64, z.device()));
+        let k_pos = z.index_select(0, &((rows + n as i64).remainder(2 * n as i64)));
         let mut rng = step_rng(self.seed, NEGATIVES, step);
-        let idx = negatives::per_query(2 * n, 2 * n, self.k, |i| vec![i, partner(i)], &mut rng)?
-            .to_kind(Kind::Int64)
-            .to_device(z.device());
+        let idx =
+            negatives::per_query_draws(2 * n, 2 * n, self.k, |i| vec![i, partner(i)], &mut rng)?;
+        let idx = upload(&idx, z.device())?.view([2 * n as i64, self.k as i64]);
         let negs = Negatives::Indexed {
             keys: &z,
             idx: &idx,

@@ -12,6 +12,7 @@ use tch::Tensor;
 use super::shared::{finish, step_rng, MomentumPair};
 use super::{Method, StepOutput};
 use crate::data::TwoViewBatch;
+use crate::device::memory::upload;
 use crate::device::Compute;
 use crate::error::Result;
 use crate::loss::{info_nce, negatives, LossConfig, Negatives};
@@ -51,8 +52,8 @@ impl Method for Simo {
         self.pair.momentum_update(self.ema_momentum);
         let k = tch::no_grad(|| self.pair.key.embed(v2, true));
         let n = q.size()[0] as usize;
-        let idx = negatives::shared_subset(n, self.k, &mut step_rng(self.seed, NEGATIVES, step))?
-            .to_device(q.device());
+        let cols = negatives::shared_columns(n, self.k, &mut step_rng(self.seed, NEGATIVES, step))?;
+        let idx = negatives::shared_subset_from_columns(&upload(&cols, q.device())?, n as i64);
         let negs = Negatives::Indexed {
             keys: &k,
             idx: &idx,

@@ -132,6 +132,16 @@ pub struct PretrainConfig {
     pub seed: u64,
     /// Data-loading worker threads [default: the `--threads` value].
     pub loader_threads: Option<usize>,
+    /// Read the steps' figures (loss, gradient norm) from the device every
+    /// this many steps [default: 10 on a GPU, 1 on the CPU]; a NaN is found
+    /// and named within this many steps.
+    pub log_every: Option<usize>,
+    /// On a GPU, let cuDNN time its convolution algorithms and keep the
+    /// fastest (results then differ in the last bits between runs).
+    pub cudnn_benchmark: bool,
+    /// Cap of the pool of page-locked batch buffers the loader fills for a
+    /// GPU, in MiB.
+    pub pinned_memory_mib: usize,
 }
 
 fn alpha_or_none<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
@@ -196,6 +206,9 @@ impl Default for PretrainConfig {
             max_steps: None,
             seed: 0,
             loader_threads: None,
+            log_every: None,
+            cudnn_benchmark: true,
+            pinned_memory_mib: 4096,
         }
     }
 }
@@ -339,6 +352,13 @@ impl PretrainConfig {
             MethodName::Mocov1 | MethodName::Mocov2 => self.queue_size,
             MethodName::Supervised => 0,
         }
+    }
+
+    /// Steps between reads of the figures from `device`: `log_every`, else
+    /// 10 on a GPU (so that steps do not wait for it) and 1 on the CPU.
+    pub fn log_every(&self, device: tch::Device) -> usize {
+        self.log_every
+            .unwrap_or(if device.is_cuda() { 10 } else { 1 })
     }
 
     /// The learning rate at full schedule: `lr × N / 256` (the linear scaling rule, Sec. 2.2).
@@ -500,6 +520,12 @@ impl PretrainConfig {
         }
         if self.loader_threads == Some(0) {
             return Err(Error::config("loader_threads", "0 (must be ≥ 1)"));
+        }
+        if self.log_every == Some(0) {
+            return Err(Error::config("log_every", "0 (must be ≥ 1)"));
+        }
+        if self.pinned_memory_mib == 0 {
+            return Err(Error::config("pinned_memory_mib", "0 (must be ≥ 1)"));
         }
         Ok(())
     }

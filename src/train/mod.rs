@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod optim;
+pub mod pending;
 pub mod plots;
 pub mod schedule;
 pub mod trainer;

@@ -88,7 +88,11 @@ impl Sgd {
             if !g.defined() {
                 continue;
             }
-            let group = if buf.is_some() { &mut running } else { &mut first };
+            let group = if buf.is_some() {
+                &mut running
+            } else {
+                &mut first
+            };
             let b = buf.get_or_insert_with(|| p.zeros_like());
             group.push(p, g, b);
         }
@@ -203,7 +207,13 @@ mod tests {
     }
 
     /// The per-parameter loop the multi-tensor step replaced.
-    fn reference_step(params: &[Tensor], buffers: &mut [Option<Tensor>], lr: f64, mu: f64, wd: f64) {
+    fn reference_step(
+        params: &[Tensor],
+        buffers: &mut [Option<Tensor>],
+        lr: f64,
+        mu: f64,
+        wd: f64,
+    ) {
         tch::no_grad(|| {
             for (p, buf) in params.iter().zip(buffers.iter_mut()) {
                 let g = p.grad();
@@ -252,7 +262,9 @@ mod tests {
                 let h = x
                     .conv2d(conv, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
                     .mean_dim([2, 3].as_slice(), false, Kind::Float);
-                (h.matmul(&lin.tr()) + bias).pow_tensor_scalar(2).sum(Kind::Float)
+                (h.matmul(&lin.tr()) + bias)
+                    .pow_tensor_scalar(2)
+                    .sum(Kind::Float)
             };
             let (a_vs, ac, al, ab) = make();
             let (mut b_vs, bc, bl, bb) = make();

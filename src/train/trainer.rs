@@ -14,8 +14,9 @@ use tch::Device;
 
 use super::checkpoint::{self, Position};
 use super::config::PretrainConfig;
-use super::metrics::{tail_mean, MetricsWriter, StepMetrics};
+use super::metrics::{tail_mean, MetricsWriter};
 use super::optim::Sgd;
+use super::pending::{Pending, PendingStep};
 use super::schedule::learning_rate;
 use crate::data::{Dataset, Format, Loader, LoaderConfig, Normalize, OpenOptions, Recipe};
 use crate::device::Compute;
@@ -76,6 +77,9 @@ pub struct Summary {
     pub precision: String,
     /// The memory format of images and convolution weights.
     pub memory_format: crate::device::MemoryFormat,
+    /// How many times the steps' figures were read from the device (once
+    /// per `log_every` steps, and before each checkpoint).
+    pub device_reads: u64,
     /// The last checkpoint.
     pub checkpoint: PathBuf,
 }
@@ -146,6 +150,12 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     if let Some(w) = warning {
         eprintln!("warning: {w}");
     }
+    if opts.device.is_cuda() {
+        // cuDNN times its algorithms for each new shape and keeps the
+        // fastest; the choice can vary between runs, so results are not
+        // bit-exact across runs on a GPU (they are not anyway).
+        tch::Cuda::cudnn_set_benchmark(cfg.cudnn_benchmark);
+    }
     let out = &opts.out;
     crate::io::create_dir(out)?;
     let ckpt_dir = out.join("checkpoints");
@@ -156,15 +166,17 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     let (size, channels) = (recipe.size(), recipe.channels);
     let images = training_images(cfg, dataset.len());
     let n_images = images.len();
+    let loader_threads = cfg.loader_threads.unwrap_or(opts.threads);
     let loader = Loader::with_images(
         dataset.clone(),
         recipe,
         LoaderConfig {
             batch_size: cfg.batch_size,
-            threads: cfg.loader_threads.unwrap_or(opts.threads),
+            threads: loader_threads,
             seed: cfg.seed,
             device: opts.device,
             channels_last: compute.channels_last,
+            staging_mib: cfg.pinned_memory_mib,
             ..Default::default()
         },
         images,
@@ -176,6 +188,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             &dataset,
             loader.recipe(),
             loader.images(),
+            loader_threads,
         )?)
     } else {
         None
@@ -211,8 +224,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         );
     }
     atomic_write(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let mut metrics =
-        MetricsWriter::open(&out.join("metrics.jsonl"), opts.resume.then_some(pos.step))?;
+    let metrics = MetricsWriter::open(&out.join("metrics.jsonl"), opts.resume.then_some(pos.step))?;
 
     let k = cfg.k();
     eprintln!(
@@ -248,20 +260,14 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             "contiguous (NCHW)"
         }
     );
-
-    let bar = if opts.progress {
-        ProgressBar::new(total_steps as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {elapsed_precise} < {eta_precise}  {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_position(pos.step);
-    let report_every = (total_steps / 20).max(1) as u64;
+    if opts.device.is_cuda() {
+        eprintln!(
+            "pinned batch pool: {} (pinned_memory_mib = {}); figures read every {} steps",
+            loader.staging_plan(2)?,
+            cfg.pinned_memory_mib,
+            cfg.log_every(opts.device)
+        );
+    }
 
     let save = |method: &dyn method::Method, sgd: &Sgd, pos: Position| -> Result<PathBuf> {
         let mut tensors = named("query.", method.query());
@@ -270,13 +276,12 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         checkpoint::save(&ckpt_dir, pos, tensors)
     };
 
+    let mut record = Record::new(metrics, opts.progress, total_steps, pos.step);
+    let mut pending = Pending::new(cfg.log_every(opts.device), cfg.batch_size);
     let mut last_ckpt = checkpoint::latest_path(&ckpt_dir);
-    // Throughput of this invocation's steps (a resumed run's earlier ones excluded).
-    let (mut img_per_s_sum, mut steps_run) = (0.0, 0u64);
     // Time the training loop spent waiting for the loader.
     let mut data_wait = Duration::ZERO;
     let loop_start = Instant::now();
-    let mut tick = Instant::now();
     'epochs: for epoch in pos.epoch..cfg.epochs as u64 {
         let first = if epoch == pos.epoch {
             pos.batch as usize
@@ -296,14 +301,6 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             let batch = batch?;
             let lr = learning_rate(cfg, pos.step as usize, steps_per_epoch);
             let out = method.forward(&batch, pos.step)?;
-            let loss = out.loss.double_value(&[]);
-            if !loss.is_finite() {
-                return Err(Error::Numerical(format!(
-                    "the loss is {loss} at step {} (epoch {epoch}, lr {lr:.4}); the last checkpoint is {}; try a lower lr or a higher tau",
-                    pos.step + 1,
-                    last_ckpt.display()
-                )));
-            }
             sgd.zero_grad();
             out.loss.backward();
             sgd.step(lr);
@@ -312,50 +309,33 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
                 epoch,
                 batch: (first + b + 1) as u64,
             };
-            let epoch_done = first + b + 1 == steps_per_epoch;
-            let knn_top1 = match &monitor {
-                Some(mon) if epoch_done && (epoch + 1) % cfg.knn_every as u64 == 0 => {
-                    Some(mon.top1(method.backbone(), compute)?)
-                }
-                _ => None,
-            };
-            let now = Instant::now();
-            let m = StepMetrics {
+            pending.push(PendingStep {
                 step: pos.step,
                 epoch,
-                loss,
-                mi_bound: out.mi_bound,
-                grad_norm_q: out.grad_norm_q,
                 lr,
-                img_per_s: cfg.batch_size as f64 / now.duration_since(tick).as_secs_f64(),
                 k: k as u64,
-                knn_top1,
-            };
-            tick = now;
-            metrics.write(&m)?;
-            bar.set_position(pos.step);
-            bar.set_message(format!(
-                "loss {:.3}  MI bound {:.3}  ‖∂L/∂q‖ {:.2}  lr {:.4}  {:.0} img/s",
-                m.loss, m.mi_bound, m.grad_norm_q, m.lr, m.img_per_s
-            ));
-            if let Some(acc) = knn_top1 {
-                let line = format!("epoch {epoch}: kNN top-1 {:.2} %", 100.0 * acc);
-                if bar.is_hidden() {
-                    eprintln!("{line}");
-                } else {
-                    bar.println(line);
+                loss: out.loss.detach(),
+                mi_bound_offset: out.mi_bound_offset,
+                grad_norm_q: out.grad_norm_q,
+                knn_top1: None,
+            });
+            record.bar.set_position(pos.step);
+            let epoch_done = first + b + 1 == steps_per_epoch;
+            if let Some(mon) = &monitor {
+                if epoch_done && (epoch + 1) % cfg.knn_every as u64 == 0 {
+                    let acc = mon.top1(method.backbone(), compute)?;
+                    if let Some(last) = pending.last_mut() {
+                        last.knn_top1 = Some(acc);
+                    }
                 }
             }
-            if !opts.progress && (pos.step % report_every == 0 || pos.step as usize == total_steps)
-            {
-                eprintln!(
-                    "step {}/{} epoch {epoch}: loss {:.4}  MI bound {:.4}  grad_norm_q {:.3}  lr {:.5}  {:.0} img/s",
-                    pos.step, total_steps, m.loss, m.mi_bound, m.grad_norm_q, m.lr, m.img_per_s
-                );
+            let checkpoint_due =
+                cfg.checkpoint_every > 0 && pos.step % cfg.checkpoint_every as u64 == 0;
+            // Read before a checkpoint, so that none is written after a NaN.
+            if pending.is_due() || checkpoint_due {
+                record.write(&mut pending, &last_ckpt)?;
             }
-            img_per_s_sum += m.img_per_s;
-            steps_run += 1;
-            if cfg.checkpoint_every > 0 && pos.step % cfg.checkpoint_every as u64 == 0 {
+            if checkpoint_due {
                 last_ckpt = save(method.as_ref(), &sgd, pos)?;
             }
         }
@@ -365,13 +345,16 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             epoch: epoch + 1,
             batch: 0,
         };
+        record.write(&mut pending, &last_ckpt)?;
         last_ckpt = save(method.as_ref(), &sgd, pos)?;
     }
+    record.write(&mut pending, &last_ckpt)?;
     if !checkpoint::step_path(&ckpt_dir, pos.step).is_file() {
         last_ckpt = save(method.as_ref(), &sgd, pos)?;
     }
-    bar.finish_and_clear();
+    record.bar.finish_and_clear();
     let loop_seconds = loop_start.elapsed().as_secs_f64();
+    let (img_per_s_sum, steps_run) = (record.img_per_s_sum, record.steps);
 
     let all = super::metrics::read(&out.join("metrics.jsonl"))?;
     super::plots::write(&out.join("plots"), &all)?;
@@ -402,6 +385,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         },
         precision: precision.clone(),
         memory_format: cfg.memory_format,
+        device_reads: pending.reads(),
         checkpoint: last_ckpt,
     };
     let text = serde_json::to_string_pretty(&summary).expect("plain data");
@@ -409,15 +393,97 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     Ok(summary)
 }
 
+/// Where the steps' figures go once read: `metrics.jsonl`, the progress bar
+/// (or a log line every 5 % of the run), and the run's throughput.
+struct Record {
+    metrics: MetricsWriter,
+    bar: ProgressBar,
+    progress: bool,
+    total_steps: usize,
+    report_every: u64,
+    /// The sum of img/s over this invocation's steps, and their number.
+    img_per_s_sum: f64,
+    steps: u64,
+}
+
+impl Record {
+    fn new(metrics: MetricsWriter, progress: bool, total_steps: usize, step: u64) -> Record {
+        let bar = if progress {
+            ProgressBar::new(total_steps as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps  {elapsed_precise} < {eta_precise}  {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_position(step);
+        Record {
+            metrics,
+            bar,
+            progress,
+            total_steps,
+            report_every: (total_steps / 20).max(1) as u64,
+            img_per_s_sum: 0.0,
+            steps: 0,
+        }
+    }
+
+    /// Reads the pending steps and records them; a non-finite loss ends the
+    /// run with an error naming its step and the last checkpoint.
+    fn write(&mut self, pending: &mut Pending, last_ckpt: &Path) -> Result<()> {
+        let (lines, bad) = pending.read();
+        for m in &lines {
+            self.metrics.write(m)?;
+            self.bar.set_message(format!(
+                "loss {:.3}  MI bound {:.3}  ‖∂L/∂q‖ {:.2}  lr {:.4}  {:.0} img/s",
+                m.loss, m.mi_bound, m.grad_norm_q, m.lr, m.img_per_s
+            ));
+            if let Some(acc) = m.knn_top1 {
+                let line = format!("epoch {}: kNN top-1 {:.2} %", m.epoch, 100.0 * acc);
+                if self.bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    self.bar.println(line);
+                }
+            }
+            if !self.progress
+                && (m.step % self.report_every == 0 || m.step as usize == self.total_steps)
+            {
+                eprintln!(
+                    "step {}/{} epoch {}: loss {:.4}  MI bound {:.4}  grad_norm_q {:.3}  lr {:.5}  {:.0} img/s",
+                    m.step, self.total_steps, m.epoch, m.loss, m.mi_bound, m.grad_norm_q, m.lr, m.img_per_s
+                );
+            }
+            self.img_per_s_sum += m.img_per_s;
+            self.steps += 1;
+        }
+        match bad {
+            None => Ok(()),
+            Some(b) => Err(Error::Numerical(format!(
+                "the loss is {} at step {} (epoch {}, lr {:.4}); the last checkpoint is {}; try a lower lr or a higher tau",
+                b.loss,
+                b.step,
+                b.epoch,
+                b.lr,
+                last_ckpt.display()
+            ))),
+        }
+    }
+}
+
 /// The online kNN monitor: a fixed bank of training images and the test split.
 struct KnnMonitor {
     train: Arc<Dataset>,
-    test: Dataset,
+    test: Arc<Dataset>,
     bank: Vec<usize>,
     recipe: Recipe,
     classes: i64,
     k: i64,
     tau: f64,
+    threads: usize,
 }
 
 impl KnnMonitor {
@@ -426,6 +492,7 @@ impl KnnMonitor {
         train: &Arc<Dataset>,
         train_recipe: &Recipe,
         images: &[usize],
+        threads: usize,
     ) -> Result<KnnMonitor> {
         let test_cfg = PretrainConfig {
             split: crate::data::Split::Test,
@@ -447,27 +514,31 @@ impl KnnMonitor {
         let step = images.len().div_ceil(cfg.knn_bank).max(1);
         Ok(KnnMonitor {
             train: train.clone(),
-            test,
+            test: Arc::new(test),
             bank: images.iter().copied().step_by(step).collect(),
             recipe,
             classes: train.classes.len() as i64,
             k: cfg.knn_k,
             tau: cfg.knn_tau,
+            threads,
         })
     }
 
     /// Top-1 kNN accuracy of the current backbone on the test split.
     fn top1(&self, backbone: &crate::model::ResNet, compute: Compute) -> Result<f64> {
-        let (bank, bank_labels) = extract(
-            backbone,
-            &self.train,
-            &self.recipe,
-            &self.bank,
-            256,
-            compute,
-        )?;
+        let extract = |dataset, images: &[usize]| {
+            extract(
+                backbone,
+                dataset,
+                &self.recipe,
+                images,
+                compute,
+                self.threads,
+            )
+        };
+        let (bank, bank_labels) = extract(&self.train, &self.bank)?;
         let all: Vec<usize> = (0..self.test.len()).collect();
-        let (test, test_labels) = extract(backbone, &self.test, &self.recipe, &all, 256, compute)?;
+        let (test, test_labels) = extract(&self.test, &all)?;
         Ok(knn_accuracy(
             &bank,
             &bank_labels,

@@ -12,6 +12,8 @@ use tch::{Cuda, Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::shim;
 
+pub mod memory;
+
 /// Parses `--device` (`cpu`, `cuda`, `cuda:N`) and checks that the GPU exists.
 pub fn parse_device(spec: &str) -> Result<Device> {
     let spec = spec.trim().to_ascii_lowercase();
@@ -252,8 +254,8 @@ pub fn autocast_state(device: Device) -> (bool, bool) {
 /// one channel (where `permute(…).contiguous()` would keep the old strides).
 pub fn to_channels_last(t: &Tensor) -> Tensor {
     let s = t.size();
-    let mut out = Tensor::empty([s[0], s[2], s[3], s[1]], (t.kind(), t.device()))
-        .permute([0, 3, 1, 2]);
+    let mut out =
+        Tensor::empty([s[0], s[2], s[3], s[1]], (t.kind(), t.device())).permute([0, 3, 1, 2]);
     out.copy_(t);
     out
 }

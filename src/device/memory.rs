@@ -1,0 +1,82 @@
+//! Host memory that a GPU copies from without making the CPU wait:
+//! page-locked (pinned) buffers, uploads of small index tensors through
+//! them, and events that tell when such a copy has finished.
+//!
+//! A copy to a GPU from ordinary (pageable) memory waits for the device to
+//! finish its queued work first; from pinned memory it is queued like a
+//! kernel. On the CPU every function here is a no-op or plain allocation.
+
+use std::ffi::{c_int, c_void};
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::Result;
+use crate::shim;
+
+/// An uninitialised page-locked 1-D tensor of `len` elements of `kind`
+/// (`Float` or `Int64`); an error on a machine without CUDA.
+pub fn pinned_empty(len: usize, kind: Kind) -> Result<Tensor> {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    let int64 = c_int::from(kind == Kind::Int64);
+    // SAFETY: the shim writes a new `at::Tensor*` to `out` on success.
+    let err = unsafe { shim::eqco_pinned_empty(len as i64, int64, &mut out) };
+    shim::check("pinned memory", err)?;
+    // SAFETY: a fresh tensor owned by nobody else.
+    Ok(unsafe { shim::tensor_from(out) })
+}
+
+/// Whether `t` lives in page-locked memory.
+pub fn is_pinned(t: &Tensor) -> bool {
+    // SAFETY: reads a property of a live tensor.
+    unsafe { shim::eqco_is_pinned(shim::ptr(t)) != 0 }
+}
+
+/// `values` as an int64 tensor on `device`. For a GPU they go through a
+/// pinned buffer and a copy that does not block: index tensors drawn on the
+/// host (negative subsets, shuffles) reach the device without a wait.
+pub fn upload(values: &[i64], device: Device) -> Result<Tensor> {
+    let host = Tensor::from_slice(values);
+    if !device.is_cuda() {
+        return Ok(host);
+    }
+    let mut pinned = pinned_empty(values.len(), Kind::Int64)?;
+    pinned.copy_(&host);
+    // libtorch's pinned allocator keeps the buffer until the copy is done.
+    Ok(pinned.to_device_(device, Kind::Int64, true, false))
+}
+
+/// A CUDA event: it completes when the work queued on the device's current
+/// stream before it was recorded (an asynchronous copy) has finished.
+pub struct Event(*mut c_void);
+
+// SAFETY: a c10::Event may be recorded on one thread and waited on in another.
+unsafe impl Send for Event {}
+
+impl Event {
+    /// Records an event on the current stream of `device` (a GPU).
+    pub fn record(device: Device) -> Result<Event> {
+        let index = match device {
+            Device::Cuda(i) => i as c_int,
+            _ => 0,
+        };
+        let mut out: *mut c_void = std::ptr::null_mut();
+        // SAFETY: the shim writes a new `c10::Event*` on success.
+        let err = unsafe { shim::eqco_event_record(index, &mut out) };
+        shim::check("recording a CUDA event", err)?;
+        Ok(Event(out))
+    }
+
+    /// Blocks the calling thread until the event has completed.
+    pub fn synchronize(&self) -> Result<()> {
+        // SAFETY: a live event made by `record`.
+        let err = unsafe { shim::eqco_event_synchronize(self.0) };
+        shim::check("waiting for a CUDA event", err)
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: made by `record`, freed once.
+        unsafe { shim::eqco_event_free(self.0) }
+    }
+}

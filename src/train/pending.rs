@@ -1,0 +1,194 @@
+//! Per-step figures still on the device, read in one transfer every
+//! `log_every` steps: a training step queues its work and moves on, and the
+//! CPU waits for the GPU once per window instead of several times a step.
+//! A non-finite loss is still found, and named by its exact step, when the
+//! window is read.
+
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+use super::metrics::StepMetrics;
+
+/// One step whose loss and gradient norm have not been read yet.
+#[derive(Debug)]
+pub struct PendingStep {
+    /// Optimizer steps done, counting this one.
+    pub step: u64,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its learning rate.
+    pub lr: f64,
+    /// Negatives per query.
+    pub k: u64,
+    /// The mean loss, a scalar tensor (detached).
+    pub loss: Tensor,
+    /// `ln K + m/τ`: the MI bound is this minus the loss.
+    pub mi_bound_offset: f64,
+    /// The mean `‖∂L_i/∂q_i‖`, a scalar tensor.
+    pub grad_norm_q: Tensor,
+    /// The kNN monitor's top-1, when it ran after this step.
+    pub knn_top1: Option<f64>,
+}
+
+/// A step whose loss was not finite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NonFinite {
+    /// The step.
+    pub step: u64,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its learning rate.
+    pub lr: f64,
+    /// The loss read (NaN or infinite).
+    pub loss: f64,
+}
+
+/// The steps of the current window.
+#[derive(Debug)]
+pub struct Pending {
+    steps: Vec<PendingStep>,
+    every: usize,
+    images_per_step: usize,
+    since: Instant,
+    reads: u64,
+}
+
+impl Pending {
+    /// A window of `every` steps (at least 1) of `images_per_step` images each.
+    pub fn new(every: usize, images_per_step: usize) -> Pending {
+        Pending {
+            steps: Vec::with_capacity(every.max(1)),
+            every: every.max(1),
+            images_per_step,
+            since: Instant::now(),
+            reads: 0,
+        }
+    }
+
+    /// Adds a step.
+    pub fn push(&mut self, step: PendingStep) {
+        self.steps.push(step);
+    }
+
+    /// The latest step, to attach a kNN result to.
+    pub fn last_mut(&mut self) -> Option<&mut PendingStep> {
+        self.steps.last_mut()
+    }
+
+    /// Whether the window is full and should be read.
+    pub fn is_due(&self) -> bool {
+        self.steps.len() >= self.every
+    }
+
+    /// How many reads (device-to-host transfers) have been made.
+    pub fn reads(&self) -> u64 {
+        self.reads
+    }
+
+    /// Reads every pending step's loss and gradient norm in one transfer and
+    /// empties the window. Returns the metrics lines of the steps before the
+    /// first non-finite loss, and that step if there is one (the steps after
+    /// it are dropped). Images per second are the window's: its images over
+    /// the wall time since the previous read.
+    pub fn read(&mut self) -> (Vec<StepMetrics>, Option<NonFinite>) {
+        let steps = std::mem::take(&mut self.steps);
+        if steps.is_empty() {
+            return (Vec::new(), None);
+        }
+        let figures: Vec<Tensor> = steps
+            .iter()
+            .flat_map(|s| [&s.loss, &s.grad_norm_q])
+            .map(|t| t.detach().to_kind(Kind::Double))
+            .collect();
+        let values = Vec::<f64>::try_from(Tensor::stack(&figures, 0).to_device(Device::Cpu))
+            .expect("a 1-D float64 tensor converts");
+        self.reads += 1;
+        let now = Instant::now();
+        let seconds = now.duration_since(self.since).as_secs_f64();
+        self.since = now;
+        let img_per_s = (self.images_per_step * steps.len()) as f64 / seconds;
+        let mut lines = Vec::with_capacity(steps.len());
+        for (s, v) in steps.into_iter().zip(values.chunks_exact(2)) {
+            let (loss, grad_norm_q) = (v[0], v[1]);
+            if !loss.is_finite() {
+                let bad = NonFinite {
+                    step: s.step,
+                    epoch: s.epoch,
+                    lr: s.lr,
+                    loss,
+                };
+                return (lines, Some(bad));
+            }
+            lines.push(StepMetrics {
+                step: s.step,
+                epoch: s.epoch,
+                loss,
+                mi_bound: s.mi_bound_offset - loss,
+                grad_norm_q,
+                lr: s.lr,
+                img_per_s,
+                k: s.k,
+                knn_top1: s.knn_top1,
+            });
+        }
+        (lines, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: u64, loss: f32) -> PendingStep {
+        PendingStep {
+            step,
+            epoch: 0,
+            lr: 0.1,
+            k: 16,
+            loss: Tensor::from(loss),
+            mi_bound_offset: 16f64.ln(),
+            grad_norm_q: Tensor::from(2.5f32),
+            knn_top1: None,
+        }
+    }
+
+    #[test]
+    fn a_window_is_read_once_when_full() {
+        let mut p = Pending::new(3, 8);
+        for s in 1..=2 {
+            p.push(step(s, 1.5));
+            assert!(!p.is_due());
+        }
+        p.push(step(3, 1.25));
+        assert!(p.is_due());
+        let (lines, bad) = p.read();
+        assert_eq!(p.reads(), 1, "one transfer for three steps");
+        assert!(bad.is_none());
+        assert_eq!(
+            lines.iter().map(|m| m.step).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        // The same numbers as reading each scalar on its own.
+        assert_eq!(lines[2].loss, Tensor::from(1.25f32).double_value(&[]));
+        assert_eq!(lines[0].mi_bound, 16f64.ln() - 1.5);
+        assert_eq!(lines[0].grad_norm_q, 2.5);
+        assert!(lines.iter().all(|m| m.img_per_s > 0.0));
+        assert!(!p.is_due() && p.read().0.is_empty(), "emptied");
+        assert_eq!(p.reads(), 1, "an empty window is not read");
+    }
+
+    #[test]
+    fn the_first_non_finite_loss_is_named_with_its_step() {
+        let mut p = Pending::new(4, 8);
+        p.push(step(5, 1.0));
+        p.push(step(6, f32::NAN));
+        p.push(step(7, f32::INFINITY));
+        p.push(step(8, 1.0));
+        let (lines, bad) = p.read();
+        assert_eq!(lines.len(), 1, "only the steps before it are written");
+        let bad = bad.unwrap();
+        assert_eq!(bad.step, 6);
+        assert!(bad.loss.is_nan());
+    }
+}
