@@ -14,11 +14,11 @@ use crate::error::{Error, Result};
 use crate::eval::{KnnReport, LinearMode, LinearReport};
 use crate::io::atomic_write;
 use crate::plot::{write_png, Panel, Series, Stroke};
-use crate::train::config::MethodName;
-use crate::train::metrics::{self, tail_mean, StepMetrics};
+use crate::run::config::MethodName;
+use crate::run::metrics::{self, tail_mean, StepMetrics};
+use crate::run::run_config;
+use crate::run::PretrainConfig;
 use crate::train::plots;
-use crate::train::trainer::run_config;
-use crate::train::PretrainConfig;
 
 /// What a run is, for grouping in tables and plots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

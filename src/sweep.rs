@@ -29,10 +29,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate_knn, evaluate_linear, Frozen, KnnSettings, LinearMode, LinearSettings};
 use crate::io::atomic_write;
-use crate::train::checkpoint;
-use crate::train::config::{parse_value, resolve};
-use crate::train::trainer::{pretrain, TrainOptions};
-use crate::train::PretrainConfig;
+use crate::run::checkpoint;
+use crate::run::config::{parse_value, resolve};
+use crate::run::PretrainConfig;
+use crate::train::{pretrain, TrainOptions};
 
 /// A run outside the grid (random init, supervised…).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

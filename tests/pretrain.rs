@@ -7,7 +7,8 @@ mod common;
 use std::path::Path;
 
 use common::eqco;
-use eqco::train::{metrics, pretrain, PretrainConfig, TrainOptions};
+use eqco::run::{metrics, PretrainConfig};
+use eqco::train::{pretrain, TrainOptions};
 use tch::Device;
 
 /// A tiny configuration over an IDX fixture in `dir`.

@@ -13,8 +13,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::{positive, Python, PythonArgs};
 use crate::device::{native_bf16, parse_device, Compute, MemoryFormat, Precision};
-use crate::train::optim::Sgd;
-use crate::train::PretrainConfig;
+use crate::optim::Sgd;
+use crate::run::PretrainConfig;
 
 const TRAIN_SCRIPT: &str = include_str!("../../scripts/bench_train.py");
 

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::error::Error;
 use crate::model::export::{torchvision_state, write_safetensors};
-use crate::train::checkpoint;
+use crate::run::checkpoint;
 
 /// Export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

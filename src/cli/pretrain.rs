@@ -8,8 +8,9 @@ use clap::Args;
 use super::CommonArgs;
 use crate::device::parse_device;
 use crate::error::Error;
-use crate::train::trainer::run_config;
-use crate::train::{pretrain, PretrainConfig, TrainOptions};
+use crate::run::run_config;
+use crate::run::PretrainConfig;
+use crate::train::{pretrain, TrainOptions};
 
 /// Options of `eqco pretrain`.
 #[derive(Debug, Args)]

@@ -8,8 +8,8 @@ use clap::Args;
 
 use super::CommonArgs;
 use crate::device::parse_device;
+use crate::run::config::MethodName;
 use crate::sweep::{SweepConfig, SweepOptions};
-use crate::train::config::MethodName;
 
 /// Options of `eqco sweep`.
 #[derive(Debug, Args)]

@@ -15,9 +15,9 @@ use crate::device::Compute;
 use crate::error::{Error, Result};
 use crate::method::shared::load_named;
 use crate::model::ResNet;
-use crate::train::checkpoint;
-use crate::train::trainer::{open_dataset, recipe_for, run_config};
-use crate::train::PretrainConfig;
+use crate::run::checkpoint;
+use crate::run::PretrainConfig;
+use crate::run::{open_dataset, recipe_for, run_config};
 
 /// A pretrained (or randomly initialised, or supervised) backbone and the
 /// train and test splits of its dataset.

@@ -28,9 +28,9 @@ use super::knn::Accuracy;
 use crate::data::{Loader, LoaderConfig, RecipeName};
 use crate::device::float32;
 use crate::error::{Error, Result};
+use crate::optim::Sgd;
+use crate::run::training_images;
 use crate::seed::derive;
-use crate::train::optim::Sgd;
-use crate::train::trainer::training_images;
 
 /// How the classifier's training images reach it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -106,7 +106,7 @@ impl LinearSettings {
         if self.epochs == 0 {
             return Err(Error::config("epochs", "0 (must be ≥ 1)"));
         }
-        crate::train::optim::validate(self.lr, self.momentum, self.weight_decay)?;
+        crate::optim::validate(self.lr, self.momentum, self.weight_decay)?;
         if self.batch_size == 0 {
             return Err(Error::config("batch_size", "0 (must be ≥ 1)"));
         }
@@ -285,7 +285,7 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
     let device = frozen.device;
     let eval = frozen.recipe(RecipeName::Eval)?;
     let images = training_images(
-        &crate::train::PretrainConfig {
+        &crate::run::PretrainConfig {
             max_images: settings.max_images,
             seed: derive(settings.seed, &[LINEAR_SUBSET]),
             ..frozen.config.clone()

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::loss::{info_nce, LossConfig, Negatives};
 use crate::model::head::l2_normalize;
 use crate::model::EncoderConfig;
-use crate::train::config::PretrainConfig;
+use crate::run::config::PretrainConfig;
 
 /// Seed streams.
 const SHUFFLE: u64 = 13;

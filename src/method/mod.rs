@@ -20,7 +20,7 @@ use tch::Tensor;
 use crate::data::TwoViewBatch;
 use crate::device::Compute;
 use crate::error::Result;
-use crate::train::config::{MethodName, PretrainConfig};
+use crate::run::config::{MethodName, PretrainConfig};
 
 /// The loss of one batch and what the metrics log about it. The figures
 /// stay on the device as tensors: the trainer reads them every

@@ -17,7 +17,7 @@ use crate::device::Compute;
 use crate::error::Result;
 use crate::loss::{info_nce, negatives, LossConfig, Negatives};
 use crate::model::EncoderConfig;
-use crate::train::config::PretrainConfig;
+use crate::run::config::PretrainConfig;
 
 /// Seed stream of the negative subsets.
 const NEGATIVES: u64 = 11;

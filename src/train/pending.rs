@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
-use super::metrics::StepMetrics;
+use crate::run::metrics::StepMetrics;
 
 /// One step whose loss and gradient norm have not been read yet.
 #[derive(Debug)]

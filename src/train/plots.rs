@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use super::metrics::StepMetrics;
 use crate::error::Result;
 use crate::plot::{write_png, Panel, Series, Stroke};
+use crate::run::metrics::StepMetrics;
 
 /// A metric's name and how to read it from a line.
 pub type Field = (&'static str, fn(&StepMetrics) -> f64);

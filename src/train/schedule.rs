@@ -2,7 +2,7 @@
 //! cosine or step schedule; the base rate follows the linear scaling rule
 //! `lr × N / 256` (paper Sec. 2.2: it applies to the N queries, not to K).
 
-use super::config::{PretrainConfig, Schedule};
+use crate::run::config::{PretrainConfig, Schedule};
 
 /// The learning rate of optimizer step `step` (0-based) with `steps_per_epoch` steps per epoch.
 pub fn learning_rate(cfg: &PretrainConfig, step: usize, steps_per_epoch: usize) -> f64 {

@@ -6,25 +6,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tch::Device;
 
-use super::checkpoint::{self, Position};
-use super::config::PretrainConfig;
-use super::metrics::{tail_mean, MetricsWriter};
-use super::optim::Sgd;
 use super::pending::{Pending, PendingStep};
 use super::schedule::learning_rate;
-use crate::data::{Dataset, Format, Loader, LoaderConfig, Normalize, OpenOptions, Recipe};
+use crate::data::{Dataset, Loader, LoaderConfig, Recipe};
 use crate::device::Compute;
 use crate::error::{Error, Result};
 use crate::eval::{extract, knn_accuracy};
 use crate::io::atomic_write;
 use crate::method::{self, shared::load_named, shared::named};
-use crate::seed::derive;
+use crate::optim::Sgd;
+use crate::run::checkpoint::{self, Position};
+use crate::run::metrics::{tail_mean, MetricsWriter};
+use crate::run::{open_dataset, recipe_for, training_images, MethodName, PretrainConfig};
 
 /// How and where a run goes.
 #[derive(Debug, Clone)]
@@ -82,64 +78,6 @@ pub struct Summary {
     pub device_reads: u64,
     /// The last checkpoint.
     pub checkpoint: PathBuf,
-}
-
-/// Seed stream of the image subset.
-const SUBSET: u64 = 21;
-
-/// Opens the configured dataset.
-pub fn open_dataset(cfg: &PretrainConfig) -> Result<Dataset> {
-    let path = cfg.data_path()?;
-    let opts = OpenOptions {
-        split: cfg.split,
-        ..Default::default()
-    };
-    let format = match cfg.dataset.as_str() {
-        "fashion-mnist" | "idx" => Some(Format::Idx),
-        "cifar10" => Some(Format::Cifar10),
-        "cifar100" => Some(Format::Cifar100),
-        "stl10" => Some(Format::Stl10),
-        "imagefolder" => Some(Format::ImageFolder),
-        _ => None,
-    };
-    match format {
-        Some(f) => {
-            crate::data::formats::detect(&path)?; // Names a missing folder clearly.
-            Dataset::open_as(&path, f, &opts)
-        }
-        None => Dataset::open(&path, &opts),
-    }
-}
-
-/// The recipe `name` at the run's view size and channels (the images' own
-/// unless configured), normalised with the dataset's statistics.
-pub fn recipe_for(
-    cfg: &PretrainConfig,
-    dataset: &Dataset,
-    name: crate::data::RecipeName,
-) -> Result<Recipe> {
-    let shape = dataset.image_shape();
-    let channels = cfg.channels.unwrap_or_else(|| shape.map_or(3, |s| s.2));
-    let size = cfg
-        .image_size
-        .unwrap_or_else(|| shape.map_or(224, |(w, h, _)| w.min(h)));
-    Recipe::named(
-        name,
-        size,
-        channels,
-        Normalize::for_dataset(dataset, channels),
-    )
-}
-
-/// The images a run trains on: all, or a seeded random subset of `max_images`.
-pub fn training_images(cfg: &PretrainConfig, n: usize) -> Vec<usize> {
-    let mut all: Vec<usize> = (0..n).collect();
-    if let Some(m) = cfg.max_images.filter(|&m| m < n) {
-        all.shuffle(&mut ChaCha8Rng::seed_from_u64(derive(cfg.seed, &[SUBSET])));
-        all.truncate(m);
-        all.sort_unstable();
-    }
-    all
 }
 
 /// Runs (or resumes) a pretraining run; returns its summary.
@@ -241,7 +179,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             crate::model::Stem::Imagenet => "imagenet stem",
         },
         match (cfg.method, cfg.alpha) {
-            (super::config::MethodName::Supervised, _) => "cross-entropy on the labels".to_string(),
+            (MethodName::Supervised, _) => "cross-entropy on the labels".to_string(),
             (_, None) => format!("K = {k}, InfoNCE"),
             (_, Some(a)) => format!("K = {k}, EqCo α = {a}"),
         },
@@ -356,10 +294,10 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     let loop_seconds = loop_start.elapsed().as_secs_f64();
     let (img_per_s_sum, steps_run) = (record.img_per_s_sum, record.steps);
 
-    let all = super::metrics::read(&out.join("metrics.jsonl"))?;
+    let all = crate::run::metrics::read(&out.join("metrics.jsonl"))?;
     super::plots::write(&out.join("plots"), &all)?;
     let last = all.last();
-    let supervised = cfg.method == super::config::MethodName::Supervised;
+    let supervised = cfg.method == MethodName::Supervised;
     let summary = Summary {
         method: format!("{:?}", cfg.method).to_lowercase(),
         k,
@@ -550,17 +488,4 @@ impl KnnMonitor {
         )?
         .top1)
     }
-}
-
-/// Reads a run's resolved configuration (`<run>/config.toml`) with `sets`
-/// applied; a missing file is an error naming it.
-pub fn run_config(run: &Path, sets: &[String]) -> Result<PretrainConfig> {
-    let path = run.join("config.toml");
-    if !path.is_file() {
-        return Err(Error::Data {
-            path,
-            message: "missing: is this a run folder written by `eqco pretrain`?".into(),
-        });
-    }
-    PretrainConfig::load(Some(path.to_str().unwrap_or_default()), sets)
 }

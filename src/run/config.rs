@@ -461,7 +461,7 @@ impl PretrainConfig {
         if self.epochs == 0 {
             return Err(Error::config("epochs", "0 (must be ≥ 1)"));
         }
-        super::optim::validate(self.lr, self.momentum, self.weight_decay)?;
+        crate::optim::validate(self.lr, self.momentum, self.weight_decay)?;
         if !(self.warmup_epochs.is_finite()
             && self.warmup_epochs >= 0.0
             && self.warmup_epochs < self.epochs as f64)
