@@ -1,15 +1,31 @@
 //! Makes the `eqco` binary find libtorch without any exported library path,
-//! and compiles the small C++ shim in `csrc/`.
+//! and compiles the C++ shim in `csrc/`.
 //!
 //! torch-sys publishes the directory it linked against as `DEP_TCH_LIBTORCH_LIB`
 //! (its `links = "tch"` metadata). We bake that directory into the binaries as an
 //! rpath, and when the libtorch there has CUDA we force `libtorch_cuda.so` to be
 //! linked even though no symbol of it is referenced directly: otherwise the
 //! linker's `--as-needed` drops it and `tch::Cuda::is_available()` is false.
-use std::path::Path;
+//!
+//! The shim's distributed part (`csrc/dist.cpp`) is compiled against c10d's
+//! Gloo process group, whose headers the torch wheel does not ship: Debian's
+//! `libgloo-dev` provides them (only the headers are used; the Gloo that
+//! runs is the one inside libtorch_cpu). When torch has CUDA and the venv
+//! holds the NCCL and CUDA headers (`nvidia-nccl`, `nvidia-cuda-runtime`,
+//! `nvidia-cuda-crt`, `nvidia-cuda-cccl`), the NCCL process group is
+//! compiled in too (`csrc/dist_nccl.cpp`).
+use std::path::{Path, PathBuf};
 
-/// The shim's translation units.
-const SOURCES: [&str; 3] = ["csrc/precision.cpp", "csrc/memory.cpp", "csrc/optim.cpp"];
+/// The shim's translation units that need only libtorch's CPU headers (and Gloo's).
+const SOURCES: [&str; 4] = [
+    "csrc/precision.cpp",
+    "csrc/memory.cpp",
+    "csrc/optim.cpp",
+    "csrc/dist.cpp",
+];
+
+/// Where Debian's libgloo-dev puts Gloo's headers.
+const GLOO_HEADER: &str = "/usr/include/gloo/config.h";
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
@@ -26,19 +42,63 @@ fn main() {
         .unwrap_or_else(|| {
             panic!("libtorch's headers are not beside {lib_dir} (expected ../include)")
         });
-    cc::Build::new()
-        .cpp(true)
-        .files(SOURCES)
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .flag("-std=c++17")
-        .define("_GLIBCXX_USE_CXX11_ABI", "1")
-        .warnings(false)
-        .compile("eqco_shim");
+    if !Path::new(GLOO_HEADER).is_file() {
+        panic!(
+            "Gloo's headers are missing ({GLOO_HEADER}): install the Debian package libgloo-dev \
+             (scripts/setup.sh does)"
+        );
+    }
+    let cuda = lib.join("libtorch_cuda.so").exists();
+    let nccl = cuda.then(|| nccl_includes(lib)).flatten();
+    let base = || {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .include(&include)
+            .include(include.join("torch/csrc/api/include"))
+            .flag("-std=c++17")
+            .define("_GLIBCXX_USE_CXX11_ABI", "1")
+            .define("USE_C10D_GLOO", None)
+            .warnings(false);
+        b
+    };
+    let mut shim = base();
+    shim.files(SOURCES);
+    if let Some(dirs) = &nccl {
+        shim.define("EQCO_WITH_NCCL", None);
+        let mut b = base();
+        b.file("csrc/dist_nccl.cpp")
+            .define("USE_C10D_NCCL", None)
+            .define("USE_CUDA", None);
+        for d in dirs {
+            b.include(d);
+        }
+        b.compile("eqco_nccl");
+    }
+    shim.compile("eqco_shim");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
-    if lib.join("libtorch_cuda.so").exists() {
+    if cuda {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-lc10_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    if nccl.is_none() {
+        println!(
+            "cargo:warning=the NCCL process group is not compiled in (torch without CUDA, or the venv lacks the NCCL/CUDA headers); dist_backend = \"nccl\" will be an error"
+        );
+    }
+}
+
+/// The include folders the NCCL translation unit needs, from the venv's
+/// `nvidia` packages beside torch; `None` when one is missing.
+fn nccl_includes(lib: &Path) -> Option<Vec<PathBuf>> {
+    let nvidia = lib.parent()?.parent()?.join("nvidia");
+    let dirs = vec![nvidia.join("nccl/include"), nvidia.join("cu13/include")];
+    let needed = [
+        dirs[0].join("nccl.h"),
+        dirs[1].join("cuda_runtime_api.h"),
+        dirs[1].join("crt/host_config.h"),
+        dirs[1].join("nv/target"),
+    ];
+    needed.iter().all(|p| p.exists()).then_some(dirs)
 }

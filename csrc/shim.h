@@ -22,10 +22,11 @@ inline char* c_string(const char* what) {
 
 }  // namespace eqco
 
-// Runs `body`; any exception becomes the returned message.
-#define EQCO_TRY(body)                                      \
+// Runs the body; any exception becomes the returned message. (Variadic, so
+// that commas in the body do not split it into macro arguments.)
+#define EQCO_TRY(...)                                       \
   try {                                                     \
-    body;                                                   \
+    __VA_ARGS__;                                            \
     return nullptr;                                         \
   } catch (const c10::Error& e) {                           \
     return eqco::c_string(e.what_without_backtrace());    \

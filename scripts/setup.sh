@@ -19,19 +19,38 @@ if [ "$have" != "$TORCH_VERSION" ]; then
     "$VIRTUAL_ENV/bin/pip" install --quiet --no-input --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 
-# Fashion-MNIST, the default dataset, from the Debian package (MIT licence).
-FMNIST=/usr/share/datasets/fashion-mnist
-if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
+# Debian packages: `apt_install PACKAGE FILE` installs PACKAGE when FILE is
+# missing (apt as root, else sudo).
+apt_install() {
+    local pkg=$1 file=$2
+    [ -e "$file" ] && return 0
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        echo "setup: installing the Debian package dataset-fashion-mnist"
-        (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
-            { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }) ||
-            echo "setup: warning: could not install dataset-fashion-mnist" >&2
+        echo "setup: installing the Debian package $pkg"
+        (apt-get install -y -qq "$pkg" >/dev/null 2>&1 ||
+            { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "$pkg" >/dev/null; }) ||
+            echo "setup: warning: could not install $pkg" >&2
     elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
-        echo "setup: installing the Debian package dataset-fashion-mnist (sudo)"
-        sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null ||
-            echo "setup: warning: could not install dataset-fashion-mnist" >&2
+        echo "setup: installing the Debian package $pkg (sudo)"
+        sudo apt-get install -y -qq "$pkg" >/dev/null ||
+            echo "setup: warning: could not install $pkg" >&2
     else
-        echo "setup: warning: Fashion-MNIST is missing; install the Debian package dataset-fashion-mnist" >&2
+        echo "setup: warning: $file is missing; install the Debian package $pkg" >&2
     fi
+}
+
+# Fashion-MNIST, the default dataset (MIT licence).
+apt_install dataset-fashion-mnist /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Gloo's headers, for the shim's c10d process group (the Gloo that runs is
+# the one inside libtorch).
+apt_install libgloo-dev /usr/include/gloo/config.h
+
+# With a CUDA build of torch, the headers the NCCL process group compiles
+# against: CUDA's crt/ and cccl's nv/ (the wheel's nvidia packages have the rest).
+cuda=$("$VIRTUAL_ENV/bin/python" -c 'import torch; print(torch.version.cuda or "")' 2>/dev/null || true)
+nvidia="$("$VIRTUAL_ENV/bin/python" -c 'import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))' 2>/dev/null)/nvidia"
+if [ "${cuda%%.*}" = 13 ] && { [ ! -f "$nvidia/cu13/include/crt/host_config.h" ] || [ ! -d "$nvidia/cu13/include/nv" ]; }; then
+    echo "setup: installing nvidia-cuda-crt and nvidia-cuda-cccl 13.0 (headers for NCCL)"
+    "$VIRTUAL_ENV/bin/pip" install --quiet --no-input --disable-pip-version-check \
+        "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*" ||
+        echo "setup: warning: could not install the CUDA headers; NCCL will not be compiled in" >&2
 fi

@@ -54,6 +54,14 @@ pub enum Error {
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A collective across processes failed: a peer died, hung past the
+    /// timeout, or could not be reached.
+    #[error("distributed: {0}")]
+    Dist(String),
+    /// Workers started by `--nproc-per-node` failed; the first named is
+    /// the likely cause.
+    #[error("{}", describe_workers(.0))]
+    Workers(Vec<crate::dist::launch::Failure>),
 }
 
 impl Error {
@@ -75,9 +83,25 @@ impl Error {
 
     /// Whether this error is the user's configuration or usage (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Config { .. })
+        match self {
+            Error::Config { .. } => true,
+            Error::Workers(f) => f.first().is_some_and(|f| f.code == Some(2)),
+            _ => false,
+        }
     }
 }
 
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn describe_workers(failures: &[crate::dist::launch::Failure]) -> String {
+    let each: Vec<String> = failures
+        .iter()
+        .map(|f| format!("rank {} failed: {}", f.rank, f.message))
+        .collect();
+    match each.split_first() {
+        None => "a worker failed".to_string(),
+        Some((first, [])) => first.clone(),
+        Some((first, rest)) => format!("{first} (then {})", rest.join("; ")),
+    }
+}

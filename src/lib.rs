@@ -17,6 +17,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod io;

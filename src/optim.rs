@@ -60,14 +60,19 @@ impl Sgd {
         }
     }
 
-    /// Clears the parameters' gradients (in one multi-tensor call).
-    pub fn zero_grad(&mut self) {
-        let grads: Vec<Tensor> = self
-            .params
+    /// The parameters' gradients that exist (after a backward pass), in
+    /// name order: what data parallelism averages over ranks.
+    pub fn gradients(&self) -> Vec<Tensor> {
+        self.params
             .iter()
             .map(|(_, p)| p.grad())
             .filter(Tensor::defined)
-            .collect();
+            .collect()
+    }
+
+    /// Clears the parameters' gradients (in one multi-tensor call).
+    pub fn zero_grad(&mut self) {
+        let grads = self.gradients();
         if grads.is_empty() {
             return;
         }

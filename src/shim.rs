@@ -51,6 +51,44 @@ extern "C" {
     ) -> *mut c_char;
 }
 
+extern "C" {
+    pub(crate) fn eqco_group_new(
+        nccl: c_int,
+        host: *const c_char,
+        port: c_int,
+        rank: c_int,
+        size: c_int,
+        timeout_s: f64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    pub(crate) fn eqco_group_free(g: *mut c_void);
+    pub(crate) fn eqco_all_reduce_sum(g: *mut c_void, t: *const c_void) -> *mut c_char;
+    pub(crate) fn eqco_all_gather(
+        g: *mut c_void,
+        input: *const c_void,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    pub(crate) fn eqco_all_gather_with_grad(
+        g: *mut c_void,
+        input: *const c_void,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    pub(crate) fn eqco_broadcast(g: *mut c_void, t: *const c_void, root: c_int) -> *mut c_char;
+    pub(crate) fn eqco_barrier(g: *mut c_void) -> *mut c_char;
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn eqco_sync_batch_norm(
+        g: *mut c_void,
+        input: *const c_void,
+        weight: *const c_void,
+        bias: *const c_void,
+        running_mean: *const c_void,
+        running_var: *const c_void,
+        momentum: f64,
+        eps: f64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+}
+
 /// `Ok` for a null message; else the message as an [`Error::Torch`] naming
 /// `what`, with the C string freed.
 pub(crate) fn check(what: &str, message: *mut c_char) -> Result<()> {

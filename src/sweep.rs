@@ -311,6 +311,7 @@ pub fn run(cfg: &SweepConfig, resolved: &str, opts: &SweepOptions) -> Result<Str
                 device: opts.device,
                 threads: opts.threads,
                 progress: opts.progress,
+                world: crate::dist::World::single(),
             };
             pretrain(&run.config, &train)?;
         }

@@ -4,7 +4,7 @@
 
 use eqco::device::Compute;
 use eqco::method::moco::{shuffle_indices, Queue};
-use eqco::model::{Ema, Encoder, EncoderConfig, HeadKind, ResNet, ResNetConfig, Stem};
+use eqco::model::{Ema, Encoder, EncoderConfig, HeadKind, Norm, ResNet, ResNetConfig, Stem};
 use rand::SeedableRng;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
@@ -121,8 +121,13 @@ fn encoder_cfg(head: HeadKind) -> EncoderConfig {
 fn embeddings_are_unit_vectors_for_every_head() {
     for head in [HeadKind::Linear, HeadKind::Mlp, HeadKind::MlpBn] {
         let vs = VarStore::new(Device::Cpu);
-        let enc =
-            Encoder::new(&vs.root(), &encoder_cfg(head), Compute::plain(Device::Cpu)).unwrap();
+        let enc = Encoder::new(
+            &vs.root(),
+            &encoder_cfg(head),
+            Compute::plain(Device::Cpu),
+            &Norm::Local,
+        )
+        .unwrap();
         let z = enc.embed(
             &Tensor::randn([4, 1, 12, 12], (Kind::Float, Device::Cpu)),
             true,
@@ -142,9 +147,21 @@ fn embeddings_are_unit_vectors_for_every_head() {
 fn ema_follows_the_moving_average_and_leaves_buffers_alone() {
     let cfg = encoder_cfg(HeadKind::MlpBn);
     let q_vs = VarStore::new(Device::Cpu);
-    Encoder::new(&q_vs.root(), &cfg, Compute::plain(Device::Cpu)).unwrap();
+    Encoder::new(
+        &q_vs.root(),
+        &cfg,
+        Compute::plain(Device::Cpu),
+        &Norm::Local,
+    )
+    .unwrap();
     let mut k_vs = VarStore::new(Device::Cpu);
-    Encoder::new(&k_vs.root(), &cfg, Compute::plain(Device::Cpu)).unwrap();
+    Encoder::new(
+        &k_vs.root(),
+        &cfg,
+        Compute::plain(Device::Cpu),
+        &Norm::Local,
+    )
+    .unwrap();
     let ema = Ema::new(&mut k_vs, &q_vs).unwrap();
     assert!(!ema.is_empty());
     let (q, k) = (q_vs.variables(), k_vs.variables());
@@ -220,6 +237,7 @@ fn shuffle_bn_returns_every_key_to_its_row() {
         &vs.root(),
         &encoder_cfg(HeadKind::Mlp),
         Compute::plain(Device::Cpu),
+        &Norm::Local,
     )
     .unwrap();
     let v = Tensor::randn([12, 1, 8, 8], (Kind::Float, Device::Cpu));
@@ -248,10 +266,16 @@ fn channels_last_and_bf16_encoders_agree_with_the_plain_one() {
     // The same weights in every encoder (tests run in parallel threads, so
     // the global seed cannot be relied on).
     let source = VarStore::new(Device::Cpu);
-    Encoder::new(&source.root(), &cfg, Compute::plain(Device::Cpu)).unwrap();
+    Encoder::new(
+        &source.root(),
+        &cfg,
+        Compute::plain(Device::Cpu),
+        &Norm::Local,
+    )
+    .unwrap();
     let embed = |compute: Compute| {
         let mut vs = VarStore::new(Device::Cpu);
-        let enc = Encoder::new(&vs.root(), &cfg, compute).unwrap();
+        let enc = Encoder::new(&vs.root(), &cfg, compute, &Norm::Local).unwrap();
         vs.copy(&source).unwrap();
         compute.prepare(&vs);
         let conv = &vs.variables()["layer1.0.conv1.weight"];

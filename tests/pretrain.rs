@@ -47,6 +47,7 @@ fn opts(out: &Path, resume: bool) -> TrainOptions {
         device: Device::Cpu,
         threads: 1,
         progress: false,
+        world: eqco::dist::World::single(),
     }
 }
 
@@ -453,8 +454,14 @@ fn a_steps_figures_stay_on_the_device_as_tensors() {
         "fmnist-mocov2",
         &["k_negatives=64", "queue_size=64"],
     );
-    let mut method =
-        eqco::method::build(&cfg, 3, 10, eqco::device::Compute::plain(Device::Cpu)).unwrap();
+    let mut method = eqco::method::build(
+        &cfg,
+        3,
+        10,
+        eqco::device::Compute::plain(Device::Cpu),
+        &eqco::dist::World::single(),
+    )
+    .unwrap();
     let batch = eqco::data::TwoViewBatch {
         view1: tch::Tensor::randn([32, 3, 16, 16], tch::kind::FLOAT_CPU),
         view2: tch::Tensor::randn([32, 3, 16, 16], tch::kind::FLOAT_CPU),

@@ -420,7 +420,13 @@ fn time_eqco(
         bf16: v.bf16,
         channels_last: v.channels_last,
     };
-    let mut method = crate::method::build(cfg, model.channels, 10, compute)?;
+    let mut method = crate::method::build(
+        cfg,
+        model.channels,
+        10,
+        compute,
+        &crate::dist::World::single(),
+    )?;
     let mut sgd = Sgd::new(method.query(), cfg.momentum, cfg.weight_decay);
     let n = cfg.batch_size as i64;
     let (c, s) = (model.channels as i64, model.size as i64);

@@ -62,6 +62,10 @@ pub struct LoaderConfig {
     /// for a GPU, where its buffers are page-locked): the same path, with
     /// plain memory and a copy, so that it can be tested without a GPU.
     pub stage_on_cpu: bool,
+    /// `(rank, world size)`: each batch is this rank's contiguous share of
+    /// the global batch of `batch_size` images (the same images and views a
+    /// single process would make); `(0, 1)` for one process.
+    pub shard: (usize, usize),
 }
 
 impl Default for LoaderConfig {
@@ -77,6 +81,7 @@ impl Default for LoaderConfig {
             channels_last: false,
             staging_mib: 4096,
             stage_on_cpu: false,
+            shard: (0, 1),
         }
     }
 }
@@ -197,6 +202,16 @@ impl Loader {
         if cfg.prefetch == 0 {
             return Err(Error::config("prefetch", "0 (must be ≥ 1)"));
         }
+        let (rank, world) = cfg.shard;
+        if world == 0 || rank >= world || cfg.batch_size % world != 0 {
+            return Err(Error::config(
+                "batch_size",
+                format!(
+                    "{} does not split over {world} processes (rank {rank})",
+                    cfg.batch_size
+                ),
+            ));
+        }
         Ok(Loader {
             dataset,
             recipe: Arc::new(recipe),
@@ -213,12 +228,16 @@ impl Loader {
         PoolPlan::new(
             self.cfg.threads,
             self.cfg.prefetch,
-            4 * self.batch_len(views, self.cfg.batch_size.min(self.images.len())),
+            4 * self.batch_len(
+                views,
+                self.cfg.batch_size.min(self.images.len()) / self.cfg.shard.1.max(1),
+            ),
             self.cfg.staging_mib << 20,
         )
     }
 
-    /// Floats in one batch of `n` images with `views` views each (and their labels).
+    /// Floats in one batch of `n` images (of the global batch: this rank's
+    /// share) with `views` views each, and their labels.
     fn batch_len(&self, views: usize, n: usize) -> usize {
         let labels = if self.dataset.has_labels() { n } else { 0 };
         views * n * self.recipe.view_len() + labels
@@ -344,15 +363,10 @@ impl Loader {
                     };
                     let lo = b * cfg.batch_size;
                     let hi = (lo + cfg.batch_size).min(order.len());
-                    let batch = build(
-                        &dataset,
-                        &recipe,
-                        &cfg,
-                        epoch,
-                        &order[lo..hi],
-                        B::COUNT,
-                        lease,
-                    );
+                    let (rank, world) = cfg.shard;
+                    let share = (hi - lo) / world;
+                    let mine = &order[lo + rank * share..lo + (rank + 1) * share];
+                    let batch = build(&dataset, &recipe, &cfg, epoch, mine, B::COUNT, lease);
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         break;

@@ -1,10 +1,14 @@
 //! MoCo v1/v2 (He et al.; Chen et al.): a momentum key encoder and a queue of
-//! the K most recent keys as negatives. Shuffle BN is emulated on one device:
-//! queries are embedded in `G` contiguous sub-batches and keys in `G`
-//! sub-batches of a random permutation, each with its own BN statistics, and
-//! the keys are un-shuffled back to their rows. If K < N, the queue holds K
-//! random keys of the previous batch. v1 and v2 differ only in head, τ,
-//! schedule and augmentation, which are configuration.
+//! the K most recent keys as negatives. If K < N, the queue holds K random
+//! keys of the previous batch. v1 and v2 differ only in head, τ, schedule
+//! and augmentation, which are configuration.
+//!
+//! Shuffle BN (`bn = shuffle`, the default): queries are embedded in
+//! contiguous sub-batches and keys in sub-batches of a random permutation of
+//! the global batch, each with its own BN statistics, and the keys are
+//! un-shuffled back to their rows. The sub-batches are the ranks' slices,
+//! each split into `shuffle_bn_groups / W` groups, so one process with G
+//! groups emulates G devices. Every rank enqueues the keys of all ranks.
 
 use std::collections::HashMap;
 
@@ -12,19 +16,21 @@ use rand::seq::SliceRandom;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use super::shared::{finish, step_rng, MomentumPair};
+use super::shared::{finish, gather_rows, norm_for, step_rng, MomentumPair};
 use super::{Method, StepOutput};
 use crate::data::TwoViewBatch;
 use crate::device::memory::upload;
 use crate::device::Compute;
+use crate::dist::{BnMode, World};
 use crate::error::{Error, Result};
 use crate::loss::{info_nce, LossConfig, Negatives};
 use crate::model::head::l2_normalize;
-use crate::model::EncoderConfig;
+use crate::model::{Encoder, EncoderConfig};
 use crate::run::config::PretrainConfig;
 
-/// Seed streams.
-const SHUFFLE: u64 = 13;
+/// Seed stream of shuffle BN's permutations (SiMo's too).
+pub const SHUFFLE: u64 = 13;
+/// Seed streams of the queue.
 const QUEUE_INIT: u64 = 14;
 const ENQUEUE: u64 = 15;
 
@@ -92,21 +98,54 @@ pub fn shuffle_indices(
     Ok((t.narrow(0, 0, n as i64), t.narrow(0, n as i64, n as i64)))
 }
 
+/// The keys of this rank's images `v2` `[n, …]` with shuffle BN
+/// (`_batch_shuffle_ddp` and `_batch_unshuffle_ddp` in the reference code):
+/// the images of every rank are gathered and permuted by `rng` (the same
+/// permutation on every rank), each rank embeds its slice of the shuffled
+/// batch in `groups` sub-batches with their own BN statistics, and the keys
+/// are gathered and un-shuffled back to their images. In one process the
+/// groups alone emulate the devices; with W ranks and G/W groups each, the
+/// groups are the same as one process's G.
+pub fn keys_with_shuffle_bn(
+    key: &Encoder,
+    v2: &Tensor,
+    groups: i64,
+    world: &World,
+    rng: &mut impl rand::Rng,
+) -> Result<Tensor> {
+    let n = v2.size()[0] as usize;
+    let rows = world.local_rows(n * world.size);
+    let (perm, inv) = shuffle_indices(n * world.size, rng, v2.device())?;
+    let narrow = |t: &Tensor| t.narrow(0, rows.start as i64, n as i64);
+    let all_images = gather_rows(v2, world)?;
+    let mine = all_images.index_select(0, &narrow(&perm));
+    let shuffled_keys = gather_rows(&key.embed_grouped(&mine, groups, true), world)?;
+    Ok(shuffled_keys.index_select(0, &narrow(&inv)))
+}
+
 /// MoCo v1/v2.
 pub struct Moco {
     pair: MomentumPair,
     queue: Queue,
     loss: LossConfig,
+    bn: BnMode,
+    /// Shuffle BN's groups on this rank.
     groups: i64,
     ema_momentum: f64,
     seed: u64,
+    world: World,
 }
 
 impl Moco {
-    /// MoCo for encoders `enc` and the settings of `cfg`.
-    pub fn new(enc: &EncoderConfig, cfg: &PretrainConfig, compute: Compute) -> Result<Moco> {
+    /// MoCo for encoders `enc` and the settings of `cfg`, one of `world`'s ranks.
+    pub fn new(
+        enc: &EncoderConfig,
+        cfg: &PretrainConfig,
+        compute: Compute,
+        world: &World,
+    ) -> Result<Moco> {
         Ok(Moco {
-            pair: MomentumPair::new(enc, compute)?,
+            pair: MomentumPair::new(enc, compute, &norm_for(cfg.bn(), world))?,
             queue: Queue::new(
                 cfg.queue_size as i64,
                 enc.embed_dim,
@@ -114,9 +153,11 @@ impl Moco {
                 compute.device,
             ),
             loss: cfg.loss(),
-            groups: cfg.shuffle_bn_groups,
+            bn: cfg.bn(),
+            groups: cfg.groups_per_rank(world.size),
             ema_momentum: cfg.ema_momentum,
             seed: cfg.seed,
+            world: world.clone(),
         })
     }
 
@@ -129,22 +170,29 @@ impl Moco {
 impl Method for Moco {
     fn forward(&mut self, batch: &TwoViewBatch, step: u64) -> Result<StepOutput> {
         let (v1, v2) = (&batch.view1, &batch.view2);
-        let q = self.pair.query.embed_grouped(v1, self.groups, true);
+        let shuffle = self.bn == BnMode::Shuffle;
+        let q = if shuffle {
+            self.pair.query.embed_grouped(v1, self.groups, true)
+        } else {
+            self.pair.query.embed(v1, true)
+        };
         self.pair.momentum_update(self.ema_momentum);
-        let n = v2.size()[0] as usize;
-        let (perm, inv) = shuffle_indices(n, &mut step_rng(self.seed, SHUFFLE, step), v2.device())?;
         let k = tch::no_grad(|| {
-            self.pair
-                .key
-                .embed_grouped(&v2.index_select(0, &perm), self.groups, true)
-                .index_select(0, &inv)
-        });
+            if shuffle {
+                let mut rng = step_rng(self.seed, SHUFFLE, step);
+                keys_with_shuffle_bn(&self.pair.key, v2, self.groups, &self.world, &mut rng)
+            } else {
+                Ok(self.pair.key.embed(v2, true))
+            }
+        })?;
         let queue = self.queue.keys.detach().copy();
         let negs = Negatives::Shared(&queue);
         let out = info_nce(&q, &k, negs, &self.loss)?;
         let result = finish(out, &k, negs);
+        // Every rank enqueues the keys of the whole global batch.
+        let all_keys = gather_rows(&k, &self.world)?;
         self.queue
-            .push(&k, &mut step_rng(self.seed, ENQUEUE, step))?;
+            .push(&all_keys, &mut step_rng(self.seed, ENQUEUE, step))?;
         Ok(result)
     }
 

@@ -19,6 +19,7 @@ use tch::Tensor;
 
 use crate::data::TwoViewBatch;
 use crate::device::Compute;
+use crate::dist::World;
 use crate::error::Result;
 use crate::run::config::{MethodName, PretrainConfig};
 
@@ -62,12 +63,14 @@ pub trait Method {
 
 /// Builds the framework of `cfg` computing as `compute`, for
 /// `channels`-channel images of `classes` classes (used by the supervised
-/// baseline only), with weights initialised from `cfg.seed`.
+/// baseline only), with weights initialised from `cfg.seed`, as one of
+/// `world`'s ranks (its batches are its slices of the global batch).
 pub fn build(
     cfg: &PretrainConfig,
     channels: u8,
     classes: usize,
     compute: Compute,
+    world: &World,
 ) -> Result<Box<dyn Method>> {
     let enc = cfg.encoder(channels)?;
     // libtorch's default generator is process-wide: seeding and drawing the
@@ -77,9 +80,16 @@ pub fn build(
     let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(cfg.seed as i64);
     Ok(match cfg.method {
-        MethodName::Simo => Box::new(simo::Simo::new(&enc, cfg, compute)?),
-        MethodName::Mocov1 | MethodName::Mocov2 => Box::new(moco::Moco::new(&enc, cfg, compute)?),
-        MethodName::Simclr => Box::new(simclr::SimClr::new(&enc, cfg, compute)?),
-        MethodName::Supervised => Box::new(supervised::Supervised::new(&enc, classes, compute)?),
+        MethodName::Simo => Box::new(simo::Simo::new(&enc, cfg, compute, world)?),
+        MethodName::Mocov1 | MethodName::Mocov2 => {
+            Box::new(moco::Moco::new(&enc, cfg, compute, world)?)
+        }
+        MethodName::Simclr => Box::new(simclr::SimClr::new(&enc, cfg, compute, world)?),
+        MethodName::Supervised => Box::new(supervised::Supervised::new(
+            &enc,
+            classes,
+            compute,
+            &shared::norm_for(cfg.bn(), world),
+        )?),
     })
 }

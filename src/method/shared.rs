@@ -10,9 +10,10 @@ use tch::Tensor;
 
 use super::StepOutput;
 use crate::device::Compute;
+use crate::dist::{BnMode, World};
 use crate::error::{Error, Result};
 use crate::loss::{grad_norm_q, InfoNceOutput, Negatives};
-use crate::model::{Ema, Encoder, EncoderConfig};
+use crate::model::{Ema, Encoder, EncoderConfig, Norm};
 use crate::seed::derive;
 
 /// A query encoder and its momentum (key) encoder.
@@ -29,12 +30,13 @@ pub struct MomentumPair {
 }
 
 impl MomentumPair {
-    /// Two encoders of the same structure, the key one a copy of the query one.
-    pub fn new(cfg: &EncoderConfig, compute: Compute) -> Result<MomentumPair> {
+    /// Two encoders of the same structure, the key one a copy of the query
+    /// one, with batch normalisation as `norm` says.
+    pub fn new(cfg: &EncoderConfig, compute: Compute, norm: &Norm) -> Result<MomentumPair> {
         let query_vs = VarStore::new(compute.device);
-        let query = Encoder::new(&query_vs.root(), cfg, compute)?;
+        let query = Encoder::new(&query_vs.root(), cfg, compute, norm)?;
         let mut key_vs = VarStore::new(compute.device);
-        let key = Encoder::new(&key_vs.root(), cfg, compute)?;
+        let key = Encoder::new(&key_vs.root(), cfg, compute, norm)?;
         compute.prepare(&query_vs);
         compute.prepare(&key_vs);
         let ema = Ema::new(&mut key_vs, &query_vs)?;
@@ -108,5 +110,23 @@ pub fn finish(out: InfoNceOutput, k_pos: &Tensor, negatives: Negatives<'_>) -> S
         mi_bound_offset: out.mi_bound_offset(),
         grad_norm_q,
         loss: out.loss,
+    }
+}
+
+/// Every rank's rows of `t` stacked in rank order, without a gradient
+/// (`t` itself in a world of one).
+pub fn gather_rows(t: &Tensor, world: &World) -> Result<Tensor> {
+    match world.group() {
+        Some(g) => g.all_gather(t),
+        None => Ok(t.shallow_clone()),
+    }
+}
+
+/// The normalisation the encoders of a method use in `mode`: synchronised
+/// over the group for `sync` (when there is more than one process), else local.
+pub fn norm_for(mode: BnMode, world: &World) -> Norm {
+    match mode {
+        BnMode::Sync => Norm::sync_over(world.group()),
+        BnMode::Shuffle | BnMode::Local => Norm::Local,
     }
 }

@@ -3,17 +3,24 @@
 //! are the other 2(N − 1) embeddings, or K of them drawn independently per
 //! query when K < 2(N − 1). The loss averages over all 2N queries, so it is
 //! symmetric in the two views.
+//!
+//! Across ranks, the embeddings of every rank are gathered with a gradient
+//! (each rank's slice receives the gradients of every rank's loss), laid
+//! out as in one process (all first views, then all second views), and each
+//! rank scores its own 2N/W queries against them. BN statistics are the
+//! global batch's (`bn = sync`).
 
 use std::collections::HashMap;
 
 use tch::nn::VarStore;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use super::shared::{finish, step_rng};
+use super::shared::{finish, norm_for, step_rng};
 use super::{Method, StepOutput};
 use crate::data::TwoViewBatch;
 use crate::device::memory::upload;
 use crate::device::Compute;
+use crate::dist::World;
 use crate::error::Result;
 use crate::loss::{info_nce, negatives, LossConfig, Negatives};
 use crate::model::{Encoder, EncoderConfig};
@@ -29,13 +36,19 @@ pub struct SimClr {
     loss: LossConfig,
     k: usize,
     seed: u64,
+    world: World,
 }
 
 impl SimClr {
-    /// SimCLR for encoder `enc` and the settings of `cfg`.
-    pub fn new(enc: &EncoderConfig, cfg: &PretrainConfig, compute: Compute) -> Result<SimClr> {
+    /// SimCLR for encoder `enc` and the settings of `cfg`, one of `world`'s ranks.
+    pub fn new(
+        enc: &EncoderConfig,
+        cfg: &PretrainConfig,
+        compute: Compute,
+        world: &World,
+    ) -> Result<SimClr> {
         let vs = VarStore::new(compute.device);
-        let encoder = Encoder::new(&vs.root(), enc, compute)?;
+        let encoder = Encoder::new(&vs.root(), enc, compute, &norm_for(cfg.bn(), world))?;
         compute.prepare(&vs);
         Ok(SimClr {
             vs,
@@ -43,28 +56,63 @@ impl SimClr {
             loss: cfg.loss(),
             k: cfg.k(),
             seed: cfg.seed,
+            world: world.clone(),
         })
+    }
+
+    /// Every rank's embeddings `[2n, D]` (its first views, then its second
+    /// views) gathered with a gradient and laid out as one process's
+    /// `[2N, D]`: the first views of all ranks, then the second views.
+    fn gather_embeddings(&self, z: &Tensor) -> Result<Tensor> {
+        let Some(group) = self.world.group() else {
+            return Ok(z.shallow_clone());
+        };
+        let (w, two_n, d) = (group.size as i64, z.size()[0], z.size()[1]);
+        Ok(group
+            .all_gather_with_grad(z)?
+            .view([w, 2, two_n / 2, d])
+            .transpose(0, 1)
+            .reshape([w * two_n, d]))
     }
 }
 
 impl Method for SimClr {
     fn forward(&mut self, batch: &TwoViewBatch, step: u64) -> Result<StepOutput> {
         let (v1, v2) = (&batch.view1, &batch.view2);
-        let n = v1.size()[0] as usize;
-        let z = self.encoder.embed(&Tensor::cat(&[v1, v2], 0), true);
+        let local = self.encoder.embed(&Tensor::cat(&[v1, v2], 0), true);
+        let z = self.gather_embeddings(&local)?;
+        let n = z.size()[0] as usize / 2; // The global N.
+                                          // This rank's queries: its rows of the first views and of the second.
+        let rows = self.world.local_rows(n);
+        let queries: Vec<usize> = rows.clone().chain(rows.map(|i| n + i)).collect();
         // The partner of embedding i is i ± N: (i + N) mod 2N.
         let partner = |i: usize| (i + n) % (2 * n);
-        let rows = Tensor::arange(2 * n as i64, (Kind::Int64, z.device()));
-        let k_pos = z.index_select(0, &((rows + n as i64).remainder(2 * n as i64)));
+        let as_i64 = |v: &[usize]| v.iter().map(|&i| i as i64).collect::<Vec<_>>();
+        let both = upload(
+            &[
+                as_i64(&queries),
+                as_i64(&queries.iter().map(|&i| partner(i)).collect::<Vec<_>>()),
+            ]
+            .concat(),
+            z.device(),
+        )?;
+        let m = queries.len() as i64;
+        let q = z.index_select(0, &both.narrow(0, 0, m));
+        let k_pos = z.index_select(0, &both.narrow(0, m, m));
+        // The same draws for all 2N queries on every rank; this rank keeps its rows.
         let mut rng = step_rng(self.seed, NEGATIVES, step);
-        let idx =
+        let all =
             negatives::per_query_draws(2 * n, 2 * n, self.k, |i| vec![i, partner(i)], &mut rng)?;
-        let idx = upload(&idx, z.device())?.view([2 * n as i64, self.k as i64]);
+        let mine: Vec<i64> = queries
+            .iter()
+            .flat_map(|&i| all[i * self.k..(i + 1) * self.k].iter().copied())
+            .collect();
+        let idx = upload(&mine, z.device())?.view([m, self.k as i64]);
         let negs = Negatives::Indexed {
             keys: &z,
             idx: &idx,
         };
-        let out = info_nce(&z, &k_pos, negs, &self.loss)?;
+        let out = info_nce(&q, &k_pos, negs, &self.loss)?;
         Ok(finish(out, &k_pos, negs))
     }
 

@@ -18,7 +18,7 @@ use super::{Method, StepOutput};
 use crate::data::TwoViewBatch;
 use crate::device::{float32, Compute};
 use crate::error::{Error, Result};
-use crate::model::{EncoderConfig, ResNet};
+use crate::model::{EncoderConfig, Norm, ResNet};
 
 /// A backbone with a linear classifier, trained on labels.
 pub struct Supervised {
@@ -30,8 +30,14 @@ pub struct Supervised {
 }
 
 impl Supervised {
-    /// The backbone of `enc` (its head is not used) and `fc: features → classes`.
-    pub fn new(enc: &EncoderConfig, classes: usize, compute: Compute) -> Result<Supervised> {
+    /// The backbone of `enc` (its head is not used) and `fc: features → classes`,
+    /// with batch normalisation as `norm` says.
+    pub fn new(
+        enc: &EncoderConfig,
+        classes: usize,
+        compute: Compute,
+        norm: &Norm,
+    ) -> Result<Supervised> {
         if classes < 2 {
             return Err(Error::config(
                 "method",
@@ -39,7 +45,7 @@ impl Supervised {
             ));
         }
         let vs = VarStore::new(compute.device);
-        let backbone = ResNet::new(&vs.root(), enc.resnet)?;
+        let backbone = ResNet::with_norm(&vs.root(), enc.resnet, norm)?;
         let fc = nn::linear(
             vs.root() / "fc",
             enc.resnet.feature_dim(),

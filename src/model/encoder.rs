@@ -9,6 +9,7 @@ use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 use super::head::{head, l2_normalize, HeadKind};
+use super::norm::Norm;
 use super::resnet::{ResNet, ResNetConfig};
 use crate::device::{float32, Compute};
 use crate::error::Result;
@@ -37,11 +38,24 @@ pub struct Encoder {
 
 impl Encoder {
     /// A freshly initialised encoder under `p` that computes as `compute`
-    /// (call [`Compute::prepare`] on its var store once it is built).
-    pub fn new(p: &nn::Path, cfg: &EncoderConfig, compute: Compute) -> Result<Encoder> {
-        let backbone = ResNet::new(p, cfg.resnet)?;
+    /// (call [`Compute::prepare`] on its var store once it is built), with
+    /// batch normalisation as `norm` says.
+    pub fn new(
+        p: &nn::Path,
+        cfg: &EncoderConfig,
+        compute: Compute,
+        norm: &Norm,
+    ) -> Result<Encoder> {
+        let backbone = ResNet::with_norm(p, cfg.resnet, norm)?;
         let f = cfg.resnet.feature_dim();
-        let head = head(&(p / "head"), cfg.head, f, cfg.head_hidden, cfg.embed_dim);
+        let head = head(
+            &(p / "head"),
+            cfg.head,
+            f,
+            cfg.head_hidden,
+            cfg.embed_dim,
+            norm,
+        );
         Ok(Encoder {
             backbone,
             head,

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 use tch::nn;
+
+use super::norm::{batch_norm, Norm};
 use tch::Tensor;
 
 /// Which head.
@@ -32,24 +34,15 @@ fn linear(p: nn::Path, i: i64, o: i64, bias: bool, small_init: bool) -> nn::Line
     nn::linear(p, i, o, cfg)
 }
 
-fn bn1d(p: nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm1d(
-        p,
-        c,
-        nn::BatchNormConfig {
-            ws_init: nn::Init::Const(1.0),
-            ..Default::default()
-        },
-    )
-}
-
-/// Builds a head under `p` (its layers are `p.0`, `p.1`, … as in a PyTorch `nn.Sequential`).
+/// Builds a head under `p` (its layers are `p.0`, `p.1`, … as in a PyTorch
+/// `nn.Sequential`); an `mlp-bn` head's BN as `norm` says.
 pub fn head(
     p: &nn::Path,
     kind: HeadKind,
     features: i64,
     hidden: i64,
     embed: i64,
+    norm: &Norm,
 ) -> nn::SequentialT {
     match kind {
         HeadKind::Linear => nn::seq_t().add(linear(p / "0", features, embed, true, false)),
@@ -59,10 +52,10 @@ pub fn head(
             .add(linear(p / "2", hidden, embed, true, false)),
         HeadKind::MlpBn => nn::seq_t()
             .add(linear(p / "0", features, hidden, false, true))
-            .add(bn1d(p / "1", hidden))
+            .add(batch_norm(p / "1", hidden, 1.0, 1, norm))
             .add_fn(|x| x.relu())
             .add(linear(p / "3", hidden, embed, false, true))
-            .add(bn1d(p / "4", embed)),
+            .add(batch_norm(p / "4", embed, 1.0, 1, norm)),
     }
 }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ConvConfig, ModuleT};
 use tch::Tensor;
 
+use super::norm::{batch_norm, BatchNorm, Norm};
 use crate::error::{Error, Result};
 
 /// The first layers.
@@ -100,31 +101,35 @@ fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> nn::Conv2D {
     nn::conv2d(p, cin, cout, k, cfg)
 }
 
-/// BatchNorm with PyTorch's initialisation (γ = 1, or 0 for a zero-init residual).
-pub fn batch_norm2d(p: nn::Path, c: i64, gamma: f64) -> nn::BatchNorm {
-    let cfg = nn::BatchNormConfig {
-        ws_init: nn::Init::Const(gamma),
-        ..Default::default()
-    };
-    nn::batch_norm2d(p, c, cfg)
+/// BatchNorm2d with PyTorch's initialisation (γ = 1, or 0 for a zero-init
+/// residual), local or synchronised as `norm` says.
+fn bn(p: nn::Path, c: i64, gamma: f64, norm: &Norm) -> BatchNorm {
+    batch_norm(p, c, gamma, 2, norm)
 }
 
-fn downsample(p: nn::Path, cin: i64, cout: i64, stride: i64) -> nn::SequentialT {
+fn downsample(p: nn::Path, cin: i64, cout: i64, stride: i64, norm: &Norm) -> nn::SequentialT {
     if stride != 1 || cin != cout {
         nn::seq_t()
             .add(conv(&p / "0", cin, cout, 1, stride))
-            .add(batch_norm2d(&p / "1", cout, 1.0))
+            .add(bn(&p / "1", cout, 1.0, norm))
     } else {
         nn::seq_t()
     }
 }
 
-fn basic_block(p: nn::Path, cin: i64, planes: i64, stride: i64, zero_gamma: bool) -> impl ModuleT {
+fn basic_block(
+    p: nn::Path,
+    cin: i64,
+    planes: i64,
+    stride: i64,
+    zero_gamma: bool,
+    norm: &Norm,
+) -> impl ModuleT {
     let conv1 = conv(&p / "conv1", cin, planes, 3, stride);
-    let bn1 = batch_norm2d(&p / "bn1", planes, 1.0);
+    let bn1 = bn(&p / "bn1", planes, 1.0, norm);
     let conv2 = conv(&p / "conv2", planes, planes, 3, 1);
-    let bn2 = batch_norm2d(&p / "bn2", planes, if zero_gamma { 0.0 } else { 1.0 });
-    let down = downsample(&p / "downsample", cin, planes, stride);
+    let bn2 = bn(&p / "bn2", planes, if zero_gamma { 0.0 } else { 1.0 }, norm);
+    let down = downsample(&p / "downsample", cin, planes, stride, norm);
     nn::func_t(move |x, train| {
         let y = x
             .apply(&conv1)
@@ -136,15 +141,22 @@ fn basic_block(p: nn::Path, cin: i64, planes: i64, stride: i64, zero_gamma: bool
     })
 }
 
-fn bottleneck(p: nn::Path, cin: i64, planes: i64, stride: i64, zero_gamma: bool) -> impl ModuleT {
+fn bottleneck(
+    p: nn::Path,
+    cin: i64,
+    planes: i64,
+    stride: i64,
+    zero_gamma: bool,
+    norm: &Norm,
+) -> impl ModuleT {
     let out = 4 * planes;
     let conv1 = conv(&p / "conv1", cin, planes, 1, 1);
-    let bn1 = batch_norm2d(&p / "bn1", planes, 1.0);
+    let bn1 = bn(&p / "bn1", planes, 1.0, norm);
     let conv2 = conv(&p / "conv2", planes, planes, 3, stride);
-    let bn2 = batch_norm2d(&p / "bn2", planes, 1.0);
+    let bn2 = bn(&p / "bn2", planes, 1.0, norm);
     let conv3 = conv(&p / "conv3", planes, out, 1, 1);
-    let bn3 = batch_norm2d(&p / "bn3", out, if zero_gamma { 0.0 } else { 1.0 });
-    let down = downsample(&p / "downsample", cin, out, stride);
+    let bn3 = bn(&p / "bn3", out, if zero_gamma { 0.0 } else { 1.0 }, norm);
+    let down = downsample(&p / "downsample", cin, out, stride, norm);
     nn::func_t(move |x, train| {
         let y = x
             .apply(&conv1)
@@ -169,8 +181,14 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    /// Builds the network under `p` with fresh weights (torchvision's init).
+    /// Builds the network under `p` with fresh weights (torchvision's init)
+    /// and batch normalisation on the local batch.
     pub fn new(p: &nn::Path, config: ResNetConfig) -> Result<ResNet> {
+        Self::with_norm(p, config, &Norm::Local)
+    }
+
+    /// As [`ResNet::new`], with batch normalisation as `norm` says.
+    pub fn with_norm(p: &nn::Path, config: ResNetConfig, norm: &Norm) -> Result<ResNet> {
         config.validate()?;
         let (blocks, is_bottleneck) = config.layout()?;
         let stem_width = config.planes(64);
@@ -178,7 +196,7 @@ impl ResNet {
         body = match config.stem {
             Stem::Imagenet => body
                 .add(conv(p / "conv1", config.in_channels, stem_width, 7, 2))
-                .add(batch_norm2d(p / "bn1", stem_width, 1.0))
+                .add(bn(p / "bn1", stem_width, 1.0, norm))
                 .add_fn(|x| {
                     x.shallow_clone()
                         .relu_()
@@ -186,7 +204,7 @@ impl ResNet {
                 }),
             Stem::Small => body
                 .add(conv(p / "conv1", config.in_channels, stem_width, 3, 1))
-                .add(batch_norm2d(p / "bn1", stem_width, 1.0))
+                .add(bn(p / "bn1", stem_width, 1.0, norm))
                 .add_fn(|x| x.shallow_clone().relu_()),
         };
         let mut cin = stem_width;
@@ -198,10 +216,10 @@ impl ResNet {
                 let bp = &layer / b.to_string();
                 let z = config.zero_init_residual;
                 if is_bottleneck {
-                    body = body.add(bottleneck(bp, cin, planes, stride, z));
+                    body = body.add(bottleneck(bp, cin, planes, stride, z, norm));
                     cin = 4 * planes;
                 } else {
-                    body = body.add(basic_block(bp, cin, planes, stride, z));
+                    body = body.add(basic_block(bp, cin, planes, stride, z, norm));
                     cin = planes;
                 }
             }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::data::formats::idx::FASHION_MNIST_DEFAULT_DIR;
 use crate::data::{RecipeName, Split};
 pub use crate::device::{MemoryFormat, Precision};
+pub use crate::dist::{Backend, BnMode};
 use crate::error::{Error, Result};
 use crate::loss::LossConfig;
 use crate::model::{EncoderConfig, HeadKind, ResNetConfig, Stem};
@@ -142,6 +143,16 @@ pub struct PretrainConfig {
     /// Cap of the pool of page-locked batch buffers the loader fills for a
     /// GPU, in MiB.
     pub pinned_memory_mib: usize,
+    /// Batch normalisation across devices: `sync` (statistics of the global
+    /// batch), `shuffle` (MoCo's: keys from a batch shuffled across ranks
+    /// and `shuffle_bn_groups` groups) or `local` [default: sync for SiMo,
+    /// SimCLR and the supervised baseline, shuffle for MoCo].
+    pub bn: Option<BnMode>,
+    /// Collectives: `auto` (NCCL on GPUs, Gloo on the CPU), `gloo` or `nccl`.
+    pub dist_backend: Backend,
+    /// Seconds any wait on another process may take (rendezvous and every
+    /// collective) before the job ends with an error.
+    pub dist_timeout: f64,
 }
 
 fn alpha_or_none<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
@@ -209,6 +220,9 @@ impl Default for PretrainConfig {
             log_every: None,
             cudnn_benchmark: true,
             pinned_memory_mib: 4096,
+            bn: None,
+            dist_backend: Backend::Auto,
+            dist_timeout: 1800.0,
         }
     }
 }
@@ -361,6 +375,49 @@ impl PretrainConfig {
             .unwrap_or(if device.is_cuda() { 10 } else { 1 })
     }
 
+    /// The batch normalisation mode: `bn`, else the paper's for the method
+    /// (shuffle BN for MoCo, synchronised BN for the others).
+    pub fn bn(&self) -> BnMode {
+        self.bn.unwrap_or(match self.method {
+            MethodName::Mocov1 | MethodName::Mocov2 => BnMode::Shuffle,
+            _ => BnMode::Sync,
+        })
+    }
+
+    /// Checks what depends on the number of processes `world`: the global
+    /// batch must split evenly, and so must shuffle BN's groups; errors name
+    /// the key.
+    pub fn validate_world(&self, world: usize) -> Result<()> {
+        let n = self.batch_size;
+        if n % world != 0 {
+            return Err(Error::config(
+                "batch_size",
+                format!("{n} does not split over {world} processes (batch_size is the global N; it must be a multiple of the world size)"),
+            ));
+        }
+        if n / world < 2 && self.bn() != BnMode::Sync {
+            return Err(Error::config(
+                "batch_size",
+                format!("{n} over {world} processes leaves fewer than 2 images per process for BN"),
+            ));
+        }
+        if self.bn() == BnMode::Shuffle && self.shuffle_bn_groups as usize % world != 0 {
+            return Err(Error::config(
+                "shuffle_bn_groups",
+                format!(
+                    "{} BN groups do not split over {world} processes (use a multiple of {world}: each process takes its share of the groups)",
+                    self.shuffle_bn_groups
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Shuffle BN's groups per process for `world` processes.
+    pub fn groups_per_rank(&self, world: usize) -> i64 {
+        (self.shuffle_bn_groups / world as i64).max(1)
+    }
+
     /// The learning rate at full schedule: `lr × N / 256` (the linear scaling rule, Sec. 2.2).
     pub fn scaled_lr(&self) -> f64 {
         self.lr * self.batch_size as f64 / 256.0
@@ -449,12 +506,6 @@ impl PretrainConfig {
                         ),
                     ));
                 }
-                if self.shuffle_bn_groups < 1 || self.shuffle_bn_groups as usize > n / 2 {
-                    return Err(Error::config(
-                        "shuffle_bn_groups",
-                        format!("{} (1 to {}: each group needs at least 2 images for BN)", self.shuffle_bn_groups, n / 2),
-                    ));
-                }
             }
             _ => {}
         }
@@ -526,6 +577,32 @@ impl PretrainConfig {
         }
         if self.pinned_memory_mib == 0 {
             return Err(Error::config("pinned_memory_mib", "0 (must be ≥ 1)"));
+        }
+        if !(self.dist_timeout.is_finite() && self.dist_timeout > 0.0) {
+            return Err(Error::config(
+                "dist_timeout",
+                format!("{} (seconds, must be > 0)", self.dist_timeout),
+            ));
+        }
+        if self.bn() == BnMode::Shuffle
+            && matches!(self.method, MethodName::Simclr | MethodName::Supervised)
+        {
+            return Err(Error::config(
+                "bn",
+                "shuffle needs a momentum key encoder (simo, mocov1, mocov2); use sync or local",
+            ));
+        }
+        if self.bn() == BnMode::Shuffle
+            && (self.shuffle_bn_groups < 1 || self.shuffle_bn_groups as usize > n / 2)
+        {
+            return Err(Error::config(
+                "shuffle_bn_groups",
+                format!(
+                    "{} (1 to {}: each group needs at least 2 images for BN)",
+                    self.shuffle_bn_groups,
+                    n / 2
+                ),
+            ));
         }
         Ok(())
     }

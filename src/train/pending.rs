@@ -6,7 +6,12 @@
 
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use tch::{Device, Kind, Tensor};
+
+use crate::dist::Group;
+use crate::error::Result;
 
 use crate::run::metrics::StepMetrics;
 
@@ -45,24 +50,28 @@ pub struct NonFinite {
 }
 
 /// The steps of the current window.
-#[derive(Debug)]
 pub struct Pending {
     steps: Vec<PendingStep>,
     every: usize,
     images_per_step: usize,
     since: Instant,
     reads: u64,
+    /// The ranks whose figures are averaged with this one's.
+    group: Option<Arc<Group>>,
 }
 
 impl Pending {
-    /// A window of `every` steps (at least 1) of `images_per_step` images each.
-    pub fn new(every: usize, images_per_step: usize) -> Pending {
+    /// A window of `every` steps (at least 1) of `images_per_step` images
+    /// each (the global batch); with a `group`, each read averages the
+    /// figures over its ranks (one all-reduce per window).
+    pub fn new(every: usize, images_per_step: usize, group: Option<Arc<Group>>) -> Pending {
         Pending {
             steps: Vec::with_capacity(every.max(1)),
             every: every.max(1),
             images_per_step,
             since: Instant::now(),
             reads: 0,
+            group,
         }
     }
 
@@ -86,22 +95,28 @@ impl Pending {
         self.reads
     }
 
-    /// Reads every pending step's loss and gradient norm in one transfer and
+    /// Reads every pending step's loss and gradient norm in one transfer
+    /// (averaged over the group's ranks: the global batch's figures) and
     /// empties the window. Returns the metrics lines of the steps before the
     /// first non-finite loss, and that step if there is one (the steps after
     /// it are dropped). Images per second are the window's: its images over
     /// the wall time since the previous read.
-    pub fn read(&mut self) -> (Vec<StepMetrics>, Option<NonFinite>) {
+    pub fn read(&mut self) -> Result<(Vec<StepMetrics>, Option<NonFinite>)> {
         let steps = std::mem::take(&mut self.steps);
         if steps.is_empty() {
-            return (Vec::new(), None);
+            return Ok((Vec::new(), None));
         }
         let figures: Vec<Tensor> = steps
             .iter()
             .flat_map(|s| [&s.loss, &s.grad_norm_q])
             .map(|t| t.detach().to_kind(Kind::Double))
             .collect();
-        let values = Vec::<f64>::try_from(Tensor::stack(&figures, 0).to_device(Device::Cpu))
+        let mut figures = Tensor::stack(&figures, 0);
+        if let Some(group) = &self.group {
+            group.all_reduce_sum(&figures)?;
+            figures /= group.size as f64;
+        }
+        let values = Vec::<f64>::try_from(figures.to_device(Device::Cpu))
             .expect("a 1-D float64 tensor converts");
         self.reads += 1;
         let now = Instant::now();
@@ -118,7 +133,7 @@ impl Pending {
                     lr: s.lr,
                     loss,
                 };
-                return (lines, Some(bad));
+                return Ok((lines, Some(bad)));
             }
             lines.push(StepMetrics {
                 step: s.step,
@@ -132,7 +147,7 @@ impl Pending {
                 knn_top1: s.knn_top1,
             });
         }
-        (lines, None)
+        Ok((lines, None))
     }
 }
 
@@ -155,14 +170,14 @@ mod tests {
 
     #[test]
     fn a_window_is_read_once_when_full() {
-        let mut p = Pending::new(3, 8);
+        let mut p = Pending::new(3, 8, None);
         for s in 1..=2 {
             p.push(step(s, 1.5));
             assert!(!p.is_due());
         }
         p.push(step(3, 1.25));
         assert!(p.is_due());
-        let (lines, bad) = p.read();
+        let (lines, bad) = p.read().unwrap();
         assert_eq!(p.reads(), 1, "one transfer for three steps");
         assert!(bad.is_none());
         assert_eq!(
@@ -174,18 +189,18 @@ mod tests {
         assert_eq!(lines[0].mi_bound, 16f64.ln() - 1.5);
         assert_eq!(lines[0].grad_norm_q, 2.5);
         assert!(lines.iter().all(|m| m.img_per_s > 0.0));
-        assert!(!p.is_due() && p.read().0.is_empty(), "emptied");
+        assert!(!p.is_due() && p.read().unwrap().0.is_empty(), "emptied");
         assert_eq!(p.reads(), 1, "an empty window is not read");
     }
 
     #[test]
     fn the_first_non_finite_loss_is_named_with_its_step() {
-        let mut p = Pending::new(4, 8);
+        let mut p = Pending::new(4, 8, None);
         p.push(step(5, 1.0));
         p.push(step(6, f32::NAN));
         p.push(step(7, f32::INFINITY));
         p.push(step(8, 1.0));
-        let (lines, bad) = p.read();
+        let (lines, bad) = p.read().unwrap();
         assert_eq!(lines.len(), 1, "only the steps before it are written");
         let bad = bad.unwrap();
         assert_eq!(bad.step, 6);

@@ -7,19 +7,20 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tch::Device;
+use tch::{Device, Tensor};
 
 use super::pending::{Pending, PendingStep};
 use super::schedule::learning_rate;
 use crate::data::{Dataset, Loader, LoaderConfig, Recipe};
 use crate::device::Compute;
+use crate::dist::World;
 use crate::error::{Error, Result};
 use crate::eval::{extract, knn_accuracy};
 use crate::io::atomic_write;
 use crate::method::{self, shared::load_named, shared::named};
 use crate::optim::Sgd;
 use crate::run::checkpoint::{self, Position};
-use crate::run::metrics::{tail_mean, MetricsWriter};
+use crate::run::metrics::{tail_mean, MetricsWriter, StepMetrics};
 use crate::run::{open_dataset, recipe_for, training_images, MethodName, PretrainConfig};
 
 /// How and where a run goes.
@@ -35,6 +36,8 @@ pub struct TrainOptions {
     pub threads: usize,
     /// Show a progress bar (else a line every few steps when not on a terminal).
     pub progress: bool,
+    /// The processes of the job (a world of one unless launched with several).
+    pub world: World,
 }
 
 /// `summary.json`: the final figures of a run.
@@ -76,9 +79,17 @@ pub struct Summary {
     /// How many times the steps' figures were read from the device (once
     /// per `log_every` steps, and before each checkpoint).
     pub device_reads: u64,
+    /// Processes of the job (data parallel when more than one).
+    pub processes: usize,
+    /// The share of the training loop's time spent in collectives
+    /// (gradient all-reduce, gathers, synchronised BN; 0 for one process).
+    pub comm_share: f64,
     /// The last checkpoint.
     pub checkpoint: PathBuf,
 }
+
+/// Gradients are averaged over ranks in flat buckets of at most this size.
+const GRADIENT_BUCKET_BYTES: usize = 25 << 20;
 
 /// Runs (or resumes) a pretraining run; returns its summary.
 pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
@@ -94,8 +105,14 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         // bit-exact across runs on a GPU (they are not anyway).
         tch::Cuda::cudnn_set_benchmark(cfg.cudnn_benchmark);
     }
+    let world = &opts.world;
+    cfg.validate_world(world.size)?;
+    // Rank 0 alone writes the run's files; every rank reads them.
+    let main = world.is_main();
     let out = &opts.out;
-    crate::io::create_dir(out)?;
+    if main {
+        crate::io::create_dir(out)?;
+    }
     let ckpt_dir = out.join("checkpoints");
     tch::set_num_threads(opts.threads as i32);
 
@@ -115,12 +132,13 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             device: opts.device,
             channels_last: compute.channels_last,
             staging_mib: cfg.pinned_memory_mib,
+            shard: (world.rank, world.size),
             ..Default::default()
         },
         images,
     )?;
     let steps_per_epoch = loader.batches_per_epoch();
-    let monitor = if cfg.knn_every > 0 {
+    let monitor = if cfg.knn_every > 0 && main {
         Some(KnnMonitor::new(
             cfg,
             &dataset,
@@ -133,7 +151,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     };
     let total_steps = (cfg.epochs * steps_per_epoch).min(cfg.max_steps.unwrap_or(usize::MAX));
 
-    let mut method = method::build(cfg, channels, dataset.classes.len(), compute)?;
+    let mut method = method::build(cfg, channels, dataset.classes.len(), compute, world)?;
     let mut sgd = Sgd::new(method.query(), cfg.momentum, cfg.weight_decay);
     let mut pos = Position {
         step: 0,
@@ -153,19 +171,45 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             message: format!("does not fit this configuration: {e}"),
         })?;
         pos = p;
-        eprintln!(
-            "pretrain: resuming {} at step {} (epoch {}, batch {})",
-            out.display(),
-            pos.step,
-            pos.epoch,
-            pos.batch
-        );
+        if main {
+            eprintln!(
+                "pretrain: resuming {} at step {} (epoch {}, batch {})",
+                out.display(),
+                pos.step,
+                pos.epoch,
+                pos.batch
+            );
+        }
     }
-    atomic_write(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let metrics = MetricsWriter::open(&out.join("metrics.jsonl"), opts.resume.then_some(pos.step))?;
+    if let Some(group) = world.group() {
+        // Every rank starts (and resumes) from rank 0's weights, buffers,
+        // queue and optimizer state.
+        let mut state: Vec<Tensor> = named("query.", method.query())
+            .into_iter()
+            .chain(method.state())
+            .chain(sgd.state())
+            .map(|(_, t)| t)
+            .collect();
+        state.retain(|t| t.dim() > 0);
+        group.broadcast_all(&state, 0)?;
+    }
+    let metrics = if main {
+        atomic_write(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+        Some(MetricsWriter::open(
+            &out.join("metrics.jsonl"),
+            opts.resume.then_some(pos.step),
+        )?)
+    } else {
+        None
+    };
 
     let k = cfg.k();
-    eprintln!(
+    let say = |line: String| {
+        if main {
+            eprintln!("{line}");
+        }
+    };
+    say(format!(
         "pretrain: {:?} on {} images ({}×{}×{}), {} {}×{}, {}, N = {}, lr = {} × {}/256 = {:.4}, {} steps, {:?}",
         cfg.method,
         n_images,
@@ -189,34 +233,56 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         cfg.scaled_lr(),
         total_steps,
         opts.device,
-    );
-    eprintln!(
+    ));
+    say(format!(
         "precision: {precision}; memory format: {}",
         if compute.channels_last {
             "channels-last"
         } else {
             "contiguous (NCHW)"
         }
-    );
+    ));
     if opts.device.is_cuda() {
-        eprintln!(
+        say(format!(
             "pinned batch pool: {} (pinned_memory_mib = {}); figures read every {} steps",
             loader.staging_plan(2)?,
             cfg.pinned_memory_mib,
             cfg.log_every(opts.device)
-        );
+        ));
+    }
+    if world.size > 1 {
+        say(format!(
+            "data parallel: {} processes, {} images each per step, BN {:?}",
+            world.size,
+            cfg.batch_size / world.size,
+            cfg.bn()
+        ));
     }
 
+    // Rank 0 writes the checkpoint; every rank waits until it is written.
     let save = |method: &dyn method::Method, sgd: &Sgd, pos: Position| -> Result<PathBuf> {
-        let mut tensors = named("query.", method.query());
-        tensors.extend(method.state());
-        tensors.extend(sgd.state());
-        checkpoint::save(&ckpt_dir, pos, tensors)
+        let path = if main {
+            let mut tensors = named("query.", method.query());
+            tensors.extend(method.state());
+            tensors.extend(sgd.state());
+            checkpoint::save(&ckpt_dir, pos, tensors)?
+        } else {
+            checkpoint::step_path(&ckpt_dir, pos.step)
+        };
+        world.barrier()?;
+        Ok(path)
     };
 
-    let mut record = Record::new(metrics, opts.progress, total_steps, pos.step);
-    let mut pending = Pending::new(cfg.log_every(opts.device), cfg.batch_size);
+    let mut record = Record::new(metrics, opts.progress && main, total_steps, pos.step);
+    let mut pending = Pending::new(
+        cfg.log_every(opts.device),
+        cfg.batch_size,
+        world.group().cloned(),
+    );
     let mut last_ckpt = checkpoint::latest_path(&ckpt_dir);
+    // The step of the newest checkpoint: the same on every rank (a look at
+    // the file system would race with rank 0 writing it).
+    let mut saved = opts.resume.then_some(pos.step);
     // Time the training loop spent waiting for the loader.
     let mut data_wait = Duration::ZERO;
     let loop_start = Instant::now();
@@ -239,8 +305,19 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             let batch = batch?;
             let lr = learning_rate(cfg, pos.step as usize, steps_per_epoch);
             let out = method.forward(&batch, pos.step)?;
+            world.check()?;
             sgd.zero_grad();
-            out.loss.backward();
+            out.loss
+                .f_backward()
+                .map_err(|e| match (world.check(), world.group()) {
+                    (Err(dist), _) => dist,
+                    // Backward's collectives (gather, SyncBN) failed.
+                    (Ok(()), Some(g)) => Error::Dist(format!("rank {}: backward: {e}", g.rank)),
+                    (Ok(()), None) => Error::from(e),
+                })?;
+            if let Some(group) = world.group() {
+                group.average(&sgd.gradients(), GRADIENT_BUCKET_BYTES)?;
+            }
             sgd.step(lr);
             pos = Position {
                 step: pos.step + 1,
@@ -259,13 +336,15 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             });
             record.bar.set_position(pos.step);
             let epoch_done = first + b + 1 == steps_per_epoch;
-            if let Some(mon) = &monitor {
-                if epoch_done && (epoch + 1) % cfg.knn_every as u64 == 0 {
+            if cfg.knn_every > 0 && epoch_done && (epoch + 1) % cfg.knn_every as u64 == 0 {
+                // Rank 0 runs the monitor; the others wait for it.
+                if let Some(mon) = &monitor {
                     let acc = mon.top1(method.backbone(), compute)?;
                     if let Some(last) = pending.last_mut() {
                         last.knn_top1 = Some(acc);
                     }
                 }
+                world.barrier()?;
             }
             let checkpoint_due =
                 cfg.checkpoint_every > 0 && pos.step % cfg.checkpoint_every as u64 == 0;
@@ -275,6 +354,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             }
             if checkpoint_due {
                 last_ckpt = save(method.as_ref(), &sgd, pos)?;
+                saved = Some(pos.step);
             }
         }
         // The epoch is complete: continue with the next one.
@@ -285,17 +365,26 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         };
         record.write(&mut pending, &last_ckpt)?;
         last_ckpt = save(method.as_ref(), &sgd, pos)?;
+        saved = Some(pos.step);
     }
     record.write(&mut pending, &last_ckpt)?;
-    if !checkpoint::step_path(&ckpt_dir, pos.step).is_file() {
+    if saved != Some(pos.step) {
         last_ckpt = save(method.as_ref(), &sgd, pos)?;
     }
     record.bar.finish_and_clear();
     let loop_seconds = loop_start.elapsed().as_secs_f64();
     let (img_per_s_sum, steps_run) = (record.img_per_s_sum, record.steps);
+    let comm_share = world.comm_seconds() / loop_seconds.max(1e-9);
 
-    let all = crate::run::metrics::read(&out.join("metrics.jsonl"))?;
-    super::plots::write(&out.join("plots"), &all)?;
+    // Rank 0 has the whole record (a resumed run's earlier steps too); the
+    // others, this invocation's steps.
+    let all = if main {
+        let all = crate::run::metrics::read(&out.join("metrics.jsonl"))?;
+        super::plots::write(&out.join("plots"), &all)?;
+        all
+    } else {
+        std::mem::take(&mut record.lines)
+    };
     let last = all.last();
     let supervised = cfg.method == MethodName::Supervised;
     let summary = Summary {
@@ -324,17 +413,25 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
         precision: precision.clone(),
         memory_format: cfg.memory_format,
         device_reads: pending.reads(),
+        processes: world.size,
+        comm_share,
         checkpoint: last_ckpt,
     };
-    let text = serde_json::to_string_pretty(&summary).expect("plain data");
-    atomic_write(&out.join("summary.json"), text.as_bytes())?;
+    if main {
+        let text = serde_json::to_string_pretty(&summary).expect("plain data");
+        atomic_write(&out.join("summary.json"), text.as_bytes())?;
+    }
+    world.barrier()?;
     Ok(summary)
 }
 
 /// Where the steps' figures go once read: `metrics.jsonl`, the progress bar
 /// (or a log line every 5 % of the run), and the run's throughput.
 struct Record {
-    metrics: MetricsWriter,
+    /// `metrics.jsonl` (rank 0 only).
+    metrics: Option<MetricsWriter>,
+    /// The lines of the ranks that write no file.
+    lines: Vec<StepMetrics>,
     bar: ProgressBar,
     progress: bool,
     total_steps: usize,
@@ -345,7 +442,12 @@ struct Record {
 }
 
 impl Record {
-    fn new(metrics: MetricsWriter, progress: bool, total_steps: usize, step: u64) -> Record {
+    fn new(
+        metrics: Option<MetricsWriter>,
+        progress: bool,
+        total_steps: usize,
+        step: u64,
+    ) -> Record {
         let bar = if progress {
             ProgressBar::new(total_steps as u64)
         } else {
@@ -360,6 +462,7 @@ impl Record {
         bar.set_position(step);
         Record {
             metrics,
+            lines: Vec::new(),
             bar,
             progress,
             total_steps,
@@ -372,9 +475,12 @@ impl Record {
     /// Reads the pending steps and records them; a non-finite loss ends the
     /// run with an error naming its step and the last checkpoint.
     fn write(&mut self, pending: &mut Pending, last_ckpt: &Path) -> Result<()> {
-        let (lines, bad) = pending.read();
+        let (lines, bad) = pending.read()?;
         for m in &lines {
-            self.metrics.write(m)?;
+            match &mut self.metrics {
+                Some(file) => file.write(m)?,
+                None => self.lines.push(m.clone()),
+            }
             self.bar.set_message(format!(
                 "loss {:.3}  MI bound {:.3}  ‖∂L/∂q‖ {:.2}  lr {:.4}  {:.0} img/s",
                 m.loss, m.mi_bound, m.grad_norm_q, m.lr, m.img_per_s
@@ -388,6 +494,7 @@ impl Record {
                 }
             }
             if !self.progress
+                && self.metrics.is_some()
                 && (m.step % self.report_every == 0 || m.step as usize == self.total_steps)
             {
                 eprintln!(

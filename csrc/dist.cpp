@@ -1,0 +1,258 @@
+// torch's distributed engine, c10d, for data parallelism: a TCPStore for the
+// rendezvous, a Gloo (CPU) or NCCL (GPU) process group, the collectives the
+// trainer calls, and the two collectives that must carry gradients as C++
+// autograd functions (tch cannot define one): a gather whose backward sums
+// the gradient over ranks, and synchronised batch normalisation.
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "shim.h"
+
+namespace eqco {
+
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+  int rank;
+  int size;
+};
+
+#ifdef EQCO_WITH_NCCL
+// In dist_nccl.cpp, compiled only against a CUDA build of torch.
+c10::intrusive_ptr<c10d::Backend> make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                            int size, std::chrono::milliseconds timeout);
+#endif
+
+namespace {
+
+void wait(const c10::intrusive_ptr<c10d::Work>& work) { work->wait(); }
+
+void allreduce_sum(Group* g, at::Tensor& t) {
+  std::vector<at::Tensor> ts{t};
+  wait(g->backend->allreduce(ts));
+}
+
+// The inputs of all ranks stacked along dimension 0, in rank order.
+at::Tensor allgather(Group* g, const at::Tensor& input) {
+  auto x = input.contiguous();
+  auto sizes = x.sizes().vec();
+  std::vector<int64_t> out_sizes = sizes;
+  out_sizes[0] = sizes[0] * g->size;
+  auto out = at::empty(out_sizes, x.options());
+  std::vector<at::Tensor> parts;
+  for (int r = 0; r < g->size; ++r) {
+    parts.push_back(out.narrow(0, r * sizes[0], sizes[0]));
+  }
+  std::vector<std::vector<at::Tensor>> outputs{parts};
+  std::vector<at::Tensor> inputs{x};
+  wait(g->backend->allgather(outputs, inputs));
+  return out;
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// y = [x_0; …; x_{W−1}] (each rank's x); ∂L/∂x_r = Σ_s ∂L_s/∂y, rank r's rows.
+struct GatherWithGrad : public torch::autograd::Function<GatherWithGrad> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group) {
+    auto* g = reinterpret_cast<Group*>(group);
+    ctx->saved_data["group"] = group;
+    ctx->saved_data["rows"] = x.size(0);
+    return allgather(g, x);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto* g = reinterpret_cast<Group*>(ctx->saved_data["group"].toInt());
+    int64_t rows = ctx->saved_data["rows"].toInt();
+    auto grad = grads[0].contiguous().clone();
+    allreduce_sum(g, grad);
+    return {grad.narrow(0, g->rank * rows, rows), at::Tensor()};
+  }
+};
+
+std::vector<int64_t> reduced_dims(const at::Tensor& x) {
+  std::vector<int64_t> dims{0};
+  for (int64_t d = 2; d < x.dim(); ++d) {
+    dims.push_back(d);
+  }
+  return dims;
+}
+
+std::vector<int64_t> channel_shape(const at::Tensor& x) {
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[1] = x.size(1);
+  return shape;
+}
+
+// Batch normalisation with the statistics of the whole batch across ranks.
+// Forward: each rank's per-channel mean and sum of squared deviations,
+// gathered and combined (Chan et al.'s pairwise update), the biased
+// variance normalising and the unbiased one entering the running variance,
+// as torch does. Backward: the per-channel sums of the gradient and of the
+// gradient times x̂ are all-reduced; γ's and β's gradients stay local (the
+// gradient all-reduce averages them like every other parameter).
+struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const at::Tensor& bias, at::Tensor running_mean, at::Tensor running_var,
+                            double momentum, double eps, int64_t group) {
+    auto* g = reinterpret_cast<Group*>(group);
+    auto x = input.to(at::kFloat);
+    auto dims = reduced_dims(x);
+    int64_t channels = x.size(1);
+    double count = static_cast<double>(x.numel() / channels);  // Host sizes only.
+    auto [var, mean] = at::var_mean(x, dims, /*correction=*/0, /*keepdim=*/false);
+    auto local = at::cat({mean, var * count, at::full({1}, count, mean.options())});
+    auto all = allgather(g, local.unsqueeze(0)).view({g->size, 2 * channels + 1});
+    auto counts = all.narrow(1, 2 * channels, 1);  // [W, 1]
+    auto means = all.narrow(1, 0, channels);
+    auto m2s = all.narrow(1, channels, channels);
+    auto total = counts.sum();
+    auto global_mean = (means * counts).sum(0) / total;
+    auto global_m2 = (m2s + counts * (means - global_mean).pow(2)).sum(0);
+    // Tensors, not host numbers: nothing here waits for a GPU.
+    auto invstd = (global_m2 / total + eps).rsqrt();
+    {
+      c10::NoGradGuard no_grad;
+      running_mean.mul_(1.0 - momentum).add_(global_mean.to(running_mean.dtype()), momentum);
+      auto unbiased = global_m2 / (total - 1.0).clamp_min(1.0);
+      running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype()), momentum);
+    }
+    auto shape = channel_shape(x);
+    auto x_hat = (x - global_mean.view(shape)) * invstd.view(shape);
+    auto y = x_hat * weight.to(at::kFloat).view(shape) + bias.to(at::kFloat).view(shape);
+    ctx->save_for_backward({x_hat, invstd, weight, total});
+    ctx->saved_data["group"] = group;
+    ctx->saved_data["dtype"] = static_cast<int64_t>(input.scalar_type());
+    return y.to(input.scalar_type());
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto* g = reinterpret_cast<Group*>(ctx->saved_data["group"].toInt());
+    auto saved = ctx->get_saved_variables();
+    auto x_hat = saved[0];
+    auto invstd = saved[1];
+    auto weight = saved[2];
+    auto n = saved[3];
+    auto dtype = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
+    auto dy = grads[0].to(at::kFloat);
+    auto dims = reduced_dims(dy);
+    auto sum_dy = dy.sum(dims);
+    auto sum_dy_xhat = (dy * x_hat).sum(dims);
+    int64_t channels = sum_dy.size(0);
+    auto totals = at::cat({sum_dy, sum_dy_xhat});
+    allreduce_sum(g, totals);
+    auto shape = channel_shape(dy);
+    auto total_dy = totals.narrow(0, 0, channels).view(shape);
+    auto total_dy_xhat = totals.narrow(0, channels, channels).view(shape);
+    auto scale = (weight.to(at::kFloat) * invstd).view(shape) / n;
+    auto dx = scale * (dy * n - total_dy - x_hat * total_dy_xhat);
+    return {dx.to(dtype),
+            sum_dy_xhat.to(weight.scalar_type()),
+            sum_dy.to(weight.scalar_type()),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+}  // namespace
+}  // namespace eqco
+
+using eqco::Group;
+
+// Joins the group of `size` processes: a TCPStore at host:port (served by
+// rank 0) for the rendezvous, then a Gloo (nccl = 0) or NCCL process group.
+// Every wait is bounded by `timeout_s`.
+extern "C" char* eqco_group_new(int nccl, const char* host, int port, int rank, int size,
+                                double timeout_s, Group** out) {
+  EQCO_TRY({
+    auto timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000.0));
+    c10d::TCPStoreOptions opts;
+    opts.port = static_cast<std::uint16_t>(port);
+    opts.isServer = rank == 0;
+    opts.numWorkers = size;
+    opts.timeout = timeout;
+    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    c10::intrusive_ptr<c10d::Backend> backend;
+    if (nccl) {
+#ifdef EQCO_WITH_NCCL
+      backend = eqco::make_nccl(store, rank, size, timeout);
+#else
+      throw std::runtime_error("this eqco was built against a torch without NCCL");
+#endif
+    } else {
+      auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
+      gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(std::string(host)));
+      backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, gloo);
+    }
+    *out = new Group{store, backend, rank, size};
+  })
+}
+
+// Leaves the group (its threads end before this returns).
+extern "C" void eqco_group_free(Group* g) {
+  try {
+    g->backend->shutdown();
+  } catch (...) {
+  }
+  try {
+    delete g;
+  } catch (...) {
+  }
+}
+
+// Sums `t` over ranks, in place.
+extern "C" char* eqco_all_reduce_sum(Group* g, at::Tensor* t) { EQCO_TRY(eqco::allreduce_sum(g, *t)) }
+
+// Every rank's `input` stacked along dimension 0, in rank order (no gradient).
+extern "C" char* eqco_all_gather(Group* g, const at::Tensor* input, at::Tensor** out) {
+  EQCO_TRY({
+    c10::NoGradGuard no_grad;
+    *out = new at::Tensor(eqco::allgather(g, *input));
+  })
+}
+
+// As `eqco_all_gather`, with a gradient: each rank's slice receives the sum
+// over ranks of the gradients flowing into the gathered tensor.
+extern "C" char* eqco_all_gather_with_grad(Group* g, const at::Tensor* input, at::Tensor** out) {
+  EQCO_TRY({
+    *out = new at::Tensor(eqco::GatherWithGrad::apply(*input, reinterpret_cast<int64_t>(g)));
+  })
+}
+
+// Copies rank `root`'s `t` into every rank's `t`.
+extern "C" char* eqco_broadcast(Group* g, at::Tensor* t, int root) {
+  EQCO_TRY({
+    std::vector<at::Tensor> ts{*t};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    eqco::wait(g->backend->broadcast(ts, opts));
+  })
+}
+
+// Waits until every rank has called it.
+extern "C" char* eqco_barrier(Group* g) {
+  EQCO_TRY(eqco::wait(g->backend->barrier()))
+}
+
+// Synchronised batch normalisation of `input` [N, C, …] in training mode
+// (updates the running statistics in place).
+extern "C" char* eqco_sync_batch_norm(Group* g, const at::Tensor* input, const at::Tensor* weight,
+                                      const at::Tensor* bias, at::Tensor* running_mean,
+                                      at::Tensor* running_var, double momentum, double eps,
+                                      at::Tensor** out) {
+  EQCO_TRY({
+    *out = new at::Tensor(eqco::SyncBatchNorm::apply(*input, *weight, *bias, *running_mean,
+                                                     *running_var, momentum, eps,
+                                                     reinterpret_cast<int64_t>(g)));
+  })
+}

@@ -1,0 +1,216 @@
+//! `eqco pretrain --nproc-per-node N`: N workers of this same program on
+//! this machine, with the torchrun variables set (`MASTER_ADDR` 127.0.0.1
+//! and a free port). The launcher forwards SIGINT and SIGTERM to the
+//! workers; when one fails it stops the others and reports which rank
+//! failed and why (each worker writes its error to `EQCO_ERROR_FILE`, as
+//! torchrun's workers do to `TORCHELASTIC_ERROR_FILE`); workers die with
+//! the launcher (`PR_SET_PDEATHSIG`), so none is left behind.
+
+use std::ffi::OsString;
+use std::net::TcpListener;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// The variable a worker writes its final error message to.
+pub const ERROR_FILE: &str = "EQCO_ERROR_FILE";
+
+/// How long stopped workers get before they are killed.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// A signal the launcher received (0: none yet).
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    RECEIVED.store(signal, Ordering::SeqCst);
+}
+
+/// A worker that ended badly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Its rank.
+    pub rank: usize,
+    /// Its exit code (none when a signal ended it); 2 means a usage or
+    /// configuration error.
+    pub code: Option<i32>,
+    /// What it wrote to its error file, or how it ended.
+    pub message: String,
+}
+
+/// How the launched job ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every worker exited 0.
+    Success,
+    /// Workers failed on their own (not stopped by the launcher), the likely
+    /// cause first: one killed by a signal, else the lowest rank.
+    Failed(Vec<Failure>),
+    /// The launcher was interrupted (the signal it received, forwarded).
+    Interrupted(i32),
+}
+
+/// Starts `nproc` workers running this program with `args`, and waits.
+pub fn launch(nproc: usize, args: &[OsString]) -> Result<Outcome> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("the eqco executable", e))?;
+    let port = free_port()?;
+    let errors = tempfile::tempdir().map_err(|e| Error::io("a temporary folder", e))?;
+    // SAFETY: installing plain handlers that store an integer.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let mut workers: Vec<Child> = Vec::with_capacity(nproc);
+    for rank in 0..nproc {
+        match spawn(
+            &exe,
+            args,
+            rank,
+            nproc,
+            port,
+            &error_file(errors.path(), rank),
+        ) {
+            Ok(child) => workers.push(child),
+            Err(e) => {
+                stop(&mut workers, libc::SIGTERM);
+                return Err(e);
+            }
+        }
+    }
+    let mut done: Vec<Option<ExitStatus>> = vec![None; nproc];
+    loop {
+        let signal = RECEIVED.swap(0, Ordering::SeqCst);
+        if signal != 0 {
+            stop(&mut workers, signal);
+            return Ok(Outcome::Interrupted(signal));
+        }
+        for (rank, child) in workers.iter_mut().enumerate() {
+            if done[rank].is_some() {
+                continue;
+            }
+            let status = child
+                .try_wait()
+                .map_err(|e| Error::Internal(format!("waiting for rank {rank}: {e}")))?;
+            if let Some(status) = status {
+                done[rank] = Some(status);
+            }
+        }
+        if done.iter().flatten().any(|s| !s.success()) {
+            // The others fail within moments when a peer dies: give them
+            // that moment, so that the report names every worker that
+            // failed on its own, before stopping the rest.
+            std::thread::sleep(Duration::from_millis(300));
+            for (rank, child) in workers.iter_mut().enumerate() {
+                if done[rank].is_none() {
+                    done[rank] = child.try_wait().ok().flatten();
+                }
+            }
+            stop(&mut workers, libc::SIGTERM);
+            let mut failures: Vec<Failure> = done
+                .iter()
+                .enumerate()
+                .filter_map(|(rank, s)| s.filter(|s| !s.success()).map(|s| (rank, s)))
+                .map(|(rank, status)| Failure {
+                    rank,
+                    code: status.code(),
+                    message: std::fs::read_to_string(error_file(errors.path(), rank))
+                        .ok()
+                        .map(|m| m.trim().to_string())
+                        .filter(|m| !m.is_empty())
+                        .unwrap_or_else(|| describe(status)),
+                })
+                .collect();
+            // A signal is the likely first cause; then the lowest rank.
+            failures.sort_by_key(|f| (f.code.is_some(), f.rank));
+            return Ok(Outcome::Failed(failures));
+        }
+        if done.iter().all(Option::is_some) {
+            return Ok(Outcome::Success);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn error_file(dir: &Path, rank: usize) -> PathBuf {
+    dir.join(format!("rank-{rank}.error"))
+}
+
+fn spawn(
+    exe: &Path,
+    args: &[OsString],
+    rank: usize,
+    nproc: usize,
+    port: u16,
+    error_file: &Path,
+) -> Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", nproc.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("LOCAL_WORLD_SIZE", nproc.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env(ERROR_FILE, error_file);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // A worker dies with the launcher, whatever kills it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| Error::io(exe, e))
+}
+
+/// Sends `signal` to the workers still running, waits up to [`GRACE`],
+/// then kills what is left.
+fn stop(workers: &mut [Child], signal: i32) {
+    for child in workers.iter_mut() {
+        if let Ok(None) = child.try_wait() {
+            // SAFETY: signalling a child process we own.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+    let deadline = Instant::now() + GRACE;
+    while Instant::now() < deadline && workers.iter_mut().any(|c| matches!(c.try_wait(), Ok(None)))
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for child in workers.iter_mut() {
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "ended".to_string(),
+    }
+}
+
+/// A port the OS reports free on 127.0.0.1.
+fn free_port() -> Result<u16> {
+    let listener =
+        TcpListener::bind(("127.0.0.1", 0)).map_err(|e| Error::io("a local TCP port", e))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::io("a local TCP port", e))
+}
+
+/// Writes a worker's final error to `EQCO_ERROR_FILE` when the launcher set it.
+pub fn record_error(message: &str) {
+    if let Some(path) = std::env::var_os(ERROR_FILE) {
+        let _ = std::fs::write(path, message);
+    }
+}

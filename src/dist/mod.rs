@@ -1,0 +1,552 @@
+//! Data parallelism across processes, GPUs and machines on torch's own
+//! distributed engine, c10d (through the shim in `csrc/dist.cpp`): a
+//! TCPStore rendezvous, a Gloo (CPU) or NCCL (GPU) process group, and the
+//! collectives training needs, two of which carry gradients (a gather for
+//! SimCLR's negatives, synchronised BN).
+//!
+//! Processes find each other the way torchrun's workers do: from `RANK`,
+//! `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR` and
+//! `MASTER_PORT` ([`Env`]). A process started without them is a world of
+//! one ([`World::single`]), which needs no group at all.
+
+pub mod launch;
+
+use std::ffi::{c_int, c_void, CString};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::shim;
+
+/// The collective backend (the `dist_backend` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// NCCL for CUDA, Gloo for the CPU.
+    Auto,
+    /// Gloo: CPU tensors (and CUDA tensors through the host).
+    Gloo,
+    /// NCCL: CUDA tensors only.
+    Nccl,
+}
+
+impl Backend {
+    /// The backend for `device`: `auto` resolved; NCCL on the CPU is an
+    /// error naming `dist_backend`.
+    pub fn resolve(self, device: Device) -> Result<Backend> {
+        match (self, device.is_cuda()) {
+            (Backend::Auto, true) => Ok(Backend::Nccl),
+            (Backend::Auto, false) => Ok(Backend::Gloo),
+            (Backend::Nccl, false) => Err(Error::config(
+                "dist_backend",
+                "nccl runs on GPUs only; use gloo (or auto) with --device cpu",
+            )),
+            (b, _) => Ok(b),
+        }
+    }
+}
+
+/// How batch normalisation takes its statistics across devices (the `bn` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BnMode {
+    /// Statistics of the global batch, forward and backward (SyncBN).
+    Sync,
+    /// MoCo's shuffle BN: keys computed on a batch shuffled across ranks
+    /// (and across `shuffle_bn_groups` groups), with each group's statistics.
+    Shuffle,
+    /// Each device's own batch.
+    Local,
+}
+
+/// The torchrun variables of a process that is one of several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Env {
+    /// `RANK`: this process, 0 ≤ rank < world size.
+    pub rank: usize,
+    /// `WORLD_SIZE`: processes in the job.
+    pub world_size: usize,
+    /// `LOCAL_RANK`: this process among those of its machine (its GPU).
+    pub local_rank: usize,
+    /// `LOCAL_WORLD_SIZE`: processes on this machine (shares of the CPU).
+    pub local_world_size: usize,
+    /// `MASTER_ADDR`: where rank 0 serves the rendezvous store.
+    pub master_addr: String,
+    /// `MASTER_PORT`: its port.
+    pub master_port: u16,
+}
+
+impl Env {
+    /// The torchrun variables, when `RANK` or `WORLD_SIZE` is set; errors
+    /// name the variable that is missing or wrong.
+    pub fn from_env() -> Result<Option<Env>> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// As [`Env::from_env`], reading variables through `get`.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<Env>> {
+        if get("RANK").is_none() && get("WORLD_SIZE").is_none() {
+            return Ok(None);
+        }
+        let number = |name: &str| -> Result<usize> {
+            let raw = get(name).ok_or_else(|| {
+                Error::config(
+                    name,
+                    "not set (RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT go together, as torchrun sets them)",
+                )
+            })?;
+            raw.trim()
+                .parse()
+                .map_err(|_| Error::config(name, format!("'{raw}' is not a whole number ≥ 0")))
+        };
+        let world_size = number("WORLD_SIZE")?;
+        if world_size < 1 {
+            return Err(Error::config("WORLD_SIZE", "0 (must be ≥ 1)"));
+        }
+        let rank = number("RANK")?;
+        if rank >= world_size {
+            return Err(Error::config(
+                "RANK",
+                format!("{rank} (must be below WORLD_SIZE = {world_size})"),
+            ));
+        }
+        let local_rank = match get("LOCAL_RANK") {
+            Some(_) => number("LOCAL_RANK")?,
+            None => rank,
+        };
+        let local_world_size = match get("LOCAL_WORLD_SIZE") {
+            Some(_) => number("LOCAL_WORLD_SIZE")?.max(1),
+            None => world_size,
+        };
+        let master_addr = get("MASTER_ADDR")
+            .filter(|a| !a.trim().is_empty())
+            .ok_or_else(|| {
+                Error::config("MASTER_ADDR", "not set (the address of rank 0's machine)")
+            })?;
+        let port = number("MASTER_PORT")?;
+        let master_port = u16::try_from(port)
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| Error::config("MASTER_PORT", format!("{port} (must be 1 to 65535)")))?;
+        Ok(Some(Env {
+            rank,
+            world_size,
+            local_rank,
+            local_world_size,
+            master_addr: master_addr.trim().to_string(),
+            master_port,
+        }))
+    }
+}
+
+/// A c10d process group (owned; left, its threads ended, when dropped).
+pub struct Group {
+    ptr: *mut c_void,
+    /// This process's rank.
+    pub rank: usize,
+    /// Processes in the group.
+    pub size: usize,
+    /// Nanoseconds spent inside collectives (the communication share).
+    comm_ns: AtomicU64,
+    /// A failure inside a layer's forward pass (synchronised BN), which
+    /// cannot return an error there; the trainer takes it after the step.
+    failure: Mutex<Option<String>>,
+}
+
+// SAFETY: c10d process groups may be used from any thread; eqco calls each
+// from one thread at a time (the training loop).
+unsafe impl Send for Group {}
+unsafe impl Sync for Group {}
+
+impl Group {
+    /// Joins the group of `env`: rank 0 serves the store at
+    /// `MASTER_ADDR:MASTER_PORT`, every wait is bounded by `timeout`.
+    pub fn join(env: &Env, backend: Backend, timeout: Duration) -> Result<Group> {
+        if env.rank == 0 {
+            check_port_free(&env.master_addr, env.master_port)?;
+        }
+        let host = CString::new(env.master_addr.clone())
+            .map_err(|_| Error::config("MASTER_ADDR", "contains a NUL byte"))?;
+        let mut ptr: *mut c_void = std::ptr::null_mut();
+        // SAFETY: plain values in, a new group pointer out on success.
+        let err = unsafe {
+            shim::eqco_group_new(
+                c_int::from(backend == Backend::Nccl),
+                host.as_ptr(),
+                c_int::from(env.master_port),
+                env.rank as c_int,
+                env.world_size as c_int,
+                timeout.as_secs_f64(),
+                &mut ptr,
+            )
+        };
+        shim::check("joining the process group", err).map_err(|e| {
+            Error::Dist(format!(
+                "rank {} could not join the group at {}:{} within {:.0} s: {e}",
+                env.rank,
+                env.master_addr,
+                env.master_port,
+                timeout.as_secs_f64()
+            ))
+        })?;
+        Ok(Group {
+            ptr,
+            rank: env.rank,
+            size: env.world_size,
+            comm_ns: AtomicU64::new(0),
+            failure: Mutex::new(None),
+        })
+    }
+
+    fn timed(&self, what: &str, call: impl FnOnce() -> *mut std::ffi::c_char) -> Result<()> {
+        let start = Instant::now();
+        let err = call();
+        self.comm_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        shim::check(what, err).map_err(|e| Error::Dist(format!("rank {}: {e}", self.rank)))
+    }
+
+    /// Sums `t` over ranks, in place.
+    pub fn all_reduce_sum(&self, t: &Tensor) -> Result<()> {
+        // SAFETY: a live group and tensor, used during the call only.
+        self.timed("all_reduce", || unsafe {
+            shim::eqco_all_reduce_sum(self.ptr, shim::ptr(t))
+        })
+    }
+
+    /// Every rank's `t` stacked along dimension 0 in rank order (no gradient).
+    pub fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
+        let mut out: *mut c_void = std::ptr::null_mut();
+        // SAFETY: as in `all_reduce_sum`; a new tensor comes back.
+        self.timed("all_gather", || unsafe {
+            shim::eqco_all_gather(self.ptr, shim::ptr(t), &mut out)
+        })?;
+        // SAFETY: a fresh tensor made by the shim.
+        Ok(unsafe { shim::tensor_from(out) })
+    }
+
+    /// As [`Group::all_gather`], with a gradient: in backward, each rank's
+    /// slice receives the sum over ranks of the gradient flowing into the
+    /// gathered tensor (the cross terms a detached gather would drop).
+    pub fn all_gather_with_grad(&self, t: &Tensor) -> Result<Tensor> {
+        let mut out: *mut c_void = std::ptr::null_mut();
+        // SAFETY: as above; the group outlives the graph (the trainer holds it).
+        self.timed("all_gather", || unsafe {
+            shim::eqco_all_gather_with_grad(self.ptr, shim::ptr(t), &mut out)
+        })?;
+        // SAFETY: a fresh tensor made by the shim.
+        Ok(unsafe { shim::tensor_from(out) })
+    }
+
+    /// Copies rank `root`'s `t` into every rank's `t`.
+    pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<()> {
+        // SAFETY: as in `all_reduce_sum`.
+        self.timed("broadcast", || unsafe {
+            shim::eqco_broadcast(self.ptr, shim::ptr(t), root as c_int)
+        })
+    }
+
+    /// Waits until every rank has called it.
+    pub fn barrier(&self) -> Result<()> {
+        // SAFETY: a live group.
+        self.timed("barrier", || unsafe { shim::eqco_barrier(self.ptr) })
+    }
+
+    /// Synchronised batch normalisation of `x` in training mode (the
+    /// statistics of the batch across ranks; updates the running statistics).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sync_batch_norm(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        momentum: f64,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let mut out: *mut c_void = std::ptr::null_mut();
+        // SAFETY: live tensors, used during the call (and by the graph, which
+        // holds its own references).
+        self.timed("sync_batch_norm", || unsafe {
+            shim::eqco_sync_batch_norm(
+                self.ptr,
+                shim::ptr(x),
+                shim::ptr(weight),
+                shim::ptr(bias),
+                shim::ptr(running_mean),
+                shim::ptr(running_var),
+                momentum,
+                eps,
+                &mut out,
+            )
+        })?;
+        // SAFETY: a fresh tensor made by the shim.
+        Ok(unsafe { shim::tensor_from(out) })
+    }
+
+    /// Averages `tensors` (gradients) over ranks: all-reduce over flat
+    /// buckets of at most `bucket_bytes`, then ÷ size.
+    pub fn average(&self, tensors: &[Tensor], bucket_bytes: usize) -> Result<()> {
+        let mut start = 0;
+        while start < tensors.len() {
+            let (mut end, mut bytes) = (start, 0);
+            while end < tensors.len()
+                && (end == start || bytes + 4 * tensors[end].numel() <= bucket_bytes)
+            {
+                bytes += 4 * tensors[end].numel();
+                end += 1;
+            }
+            let part = &tensors[start..end];
+            let flat = Tensor::cat(
+                &part
+                    .iter()
+                    .map(|t| t.reshape(-1).to_kind(Kind::Float))
+                    .collect::<Vec<_>>(),
+                0,
+            );
+            self.all_reduce_sum(&flat)?;
+            let flat = flat / self.size as f64;
+            let mut offset = 0;
+            for t in part {
+                let n = t.numel() as i64;
+                let mut dst = t.shallow_clone();
+                tch::no_grad(|| dst.copy_(&flat.narrow(0, offset, n).view(t.size().as_slice())));
+                offset += n;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Every tensor of `tensors` set to rank `root`'s (parameters and
+    /// buffers at start and at resume).
+    pub fn broadcast_all(&self, tensors: &[Tensor], root: usize) -> Result<()> {
+        tch::no_grad(|| {
+            for t in tensors {
+                // Collectives want contiguous memory: go through a copy when
+                // the tensor is channels-last.
+                if t.is_contiguous() {
+                    self.broadcast(t, root)?;
+                } else {
+                    let c = t.contiguous();
+                    self.broadcast(&c, root)?;
+                    t.shallow_clone().copy_(&c);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Seconds spent inside collectives so far.
+    pub fn comm_seconds(&self) -> f64 {
+        self.comm_ns.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    /// Records a failure that a forward pass could not return.
+    pub fn fail(&self, error: Error) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(error.to_string());
+        }
+    }
+
+    /// The failure recorded by [`Group::fail`], if any, as an error.
+    pub fn check(&self) -> Result<()> {
+        match self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some(message) => Err(Error::Dist(message)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Group(rank {} of {})", self.rank, self.size)
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: made by `join`, freed once.
+        unsafe { shim::eqco_group_free(self.ptr) }
+    }
+}
+
+/// An error naming `MASTER_PORT` when another program holds it on this machine.
+fn check_port_free(addr: &str, port: u16) -> Result<()> {
+    match TcpListener::bind((addr, port)) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::config(
+            "MASTER_PORT",
+            format!("{port} is already in use on {addr}; choose another port"),
+        )),
+        // Free (or not an address of this machine: the store reports that).
+        _ => Ok(()),
+    }
+}
+
+/// The processes of a job, from this one's point of view.
+#[derive(Debug, Clone)]
+pub struct World {
+    /// This process's rank.
+    pub rank: usize,
+    /// Processes in the job.
+    pub size: usize,
+    /// This process among those of its machine.
+    pub local_rank: usize,
+    /// Processes on this machine.
+    pub local_size: usize,
+    /// The process group (none for a world of one).
+    pub group: Option<Arc<Group>>,
+}
+
+impl World {
+    /// One process, no group.
+    pub fn single() -> World {
+        World {
+            rank: 0,
+            size: 1,
+            local_rank: 0,
+            local_size: 1,
+            group: None,
+        }
+    }
+
+    /// Joins the job described by `env` (no group when it has one process).
+    pub fn join(env: &Env, backend: Backend, timeout: Duration) -> Result<World> {
+        let group = if env.world_size > 1 {
+            Some(Arc::new(Group::join(env, backend, timeout)?))
+        } else {
+            None
+        };
+        Ok(World {
+            rank: env.rank,
+            size: env.world_size,
+            local_rank: env.local_rank,
+            local_size: env.local_world_size,
+            group,
+        })
+    }
+
+    /// Whether this process writes the run's files (rank 0).
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// The group when there is more than one process.
+    pub fn group(&self) -> Option<&Arc<Group>> {
+        self.group.as_ref()
+    }
+
+    /// Waits for every rank (nothing to wait for alone).
+    pub fn barrier(&self) -> Result<()> {
+        self.group.as_ref().map_or(Ok(()), |g| g.barrier())
+    }
+
+    /// A failure recorded inside a forward pass, as an error.
+    pub fn check(&self) -> Result<()> {
+        self.group.as_ref().map_or(Ok(()), |g| g.check())
+    }
+
+    /// Seconds spent in collectives so far.
+    pub fn comm_seconds(&self) -> f64 {
+        self.group.as_ref().map_or(0.0, |g| g.comm_seconds())
+    }
+
+    /// The rows `[rank·n, (rank + 1)·n)` of a global batch of `global` rows.
+    pub fn local_rows(&self, global: usize) -> std::ops::Range<usize> {
+        let n = global / self.size;
+        self.rank * n..(self.rank + 1) * n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> Result<Option<Env>> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn torchrun_variables_are_read_and_checked() {
+        assert_eq!(env(&[]).unwrap(), None, "no variables: one process");
+        let full = [
+            ("RANK", "1"),
+            ("WORLD_SIZE", "4"),
+            ("LOCAL_RANK", "1"),
+            ("LOCAL_WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "10.0.0.1"),
+            ("MASTER_PORT", "29500"),
+        ];
+        let e = env(&full).unwrap().unwrap();
+        assert_eq!(
+            (e.rank, e.world_size, e.local_rank, e.local_world_size),
+            (1, 4, 1, 2)
+        );
+        assert_eq!((e.master_addr.as_str(), e.master_port), ("10.0.0.1", 29500));
+        let with = |k: &str, v: &str| {
+            let mut vars: Vec<(&str, &str)> = full.iter().filter(|p| p.0 != k).copied().collect();
+            if !v.is_empty() {
+                vars.push((k, v));
+            }
+            env(&vars).unwrap_err()
+        };
+        for (k, v, needle) in [
+            ("WORLD_SIZE", "0", "`WORLD_SIZE`"),
+            ("RANK", "4", "`RANK`"),
+            ("RANK", "-1", "`RANK`"),
+            ("MASTER_PORT", "70000", "`MASTER_PORT`"),
+            ("MASTER_PORT", "", "`MASTER_PORT`"),
+            ("MASTER_ADDR", "", "`MASTER_ADDR`"),
+        ] {
+            let e = with(k, v);
+            assert!(
+                e.is_usage() && e.to_string().contains(needle),
+                "{k}={v}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn nccl_needs_a_gpu() {
+        assert_eq!(Backend::Auto.resolve(Device::Cpu).unwrap(), Backend::Gloo);
+        assert_eq!(
+            Backend::Auto.resolve(Device::Cuda(0)).unwrap(),
+            Backend::Nccl
+        );
+        let e = Backend::Nccl.resolve(Device::Cpu).unwrap_err();
+        assert!(
+            e.is_usage() && e.to_string().contains("`dist_backend`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_port_in_use_is_named() {
+        let held = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = held.local_addr().unwrap().port();
+        let e = check_port_free("127.0.0.1", port).unwrap_err();
+        assert!(
+            e.is_usage() && e.to_string().contains("`MASTER_PORT`"),
+            "{e}"
+        );
+        drop(held);
+        check_port_free("127.0.0.1", port).unwrap();
+    }
+}
