@@ -94,20 +94,22 @@ std::vector<int64_t> channel_shape(const at::Tensor& x) {
 // Batch normalisation with the statistics of the whole batch across ranks.
 // Forward: each rank's per-channel mean and sum of squared deviations,
 // gathered and combined (Chan et al.'s pairwise update), the biased
-// variance normalising and the unbiased one entering the running variance,
-// as torch does. Backward: the per-channel sums of the gradient and of the
-// gradient times x̂ are all-reduced; γ's and β's gradients stay local (the
-// gradient all-reduce averages them like every other parameter).
+// variance normalising (in ATen's fused kernel, given those statistics) and
+// the unbiased one entering the running variance, as torch does. Backward:
+// ATen's fused reduction gives this rank's Σ dy and Σ dy·x̂, which are
+// all-reduced; then dx = γ·σ⁻¹·(dy − Σdy/N − x̂·Σdy·x̂/N) over the global
+// N. γ's and β's gradients stay local (the gradient all-reduce averages
+// them like every other parameter). Nothing here reads a value back to the
+// host, so nothing waits for a GPU.
 struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
                             const at::Tensor& bias, at::Tensor running_mean, at::Tensor running_var,
                             double momentum, double eps, int64_t group) {
     auto* g = reinterpret_cast<Group*>(group);
-    auto x = input.to(at::kFloat);
-    auto dims = reduced_dims(x);
-    int64_t channels = x.size(1);
-    double count = static_cast<double>(x.numel() / channels);  // Host sizes only.
-    auto [var, mean] = at::var_mean(x, dims, /*correction=*/0, /*keepdim=*/false);
+    auto dims = reduced_dims(input);
+    int64_t channels = input.size(1);
+    double count = static_cast<double>(input.numel() / channels);  // Host sizes only.
+    auto [var, mean] = at::var_mean(input.to(at::kFloat), dims, /*correction=*/0, /*keepdim=*/false);
     auto local = at::cat({mean, var * count, at::full({1}, count, mean.options())});
     auto all = allgather(g, local.unsqueeze(0)).view({g->size, 2 * channels + 1});
     auto counts = all.narrow(1, 2 * channels, 1);  // [W, 1]
@@ -115,45 +117,51 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
     auto m2s = all.narrow(1, channels, channels);
     auto total = counts.sum();
     auto global_mean = (means * counts).sum(0) / total;
-    auto global_m2 = (m2s + counts * (means - global_mean).pow(2)).sum(0);
-    // Tensors, not host numbers: nothing here waits for a GPU.
-    auto invstd = (global_m2 / total + eps).rsqrt();
+    auto global_var = (m2s + counts * (means - global_mean).pow(2)).sum(0) / total;
     {
       c10::NoGradGuard no_grad;
       running_mean.mul_(1.0 - momentum).add_(global_mean.to(running_mean.dtype()), momentum);
-      auto unbiased = global_m2 / (total - 1.0).clamp_min(1.0);
+      auto unbiased = global_var * total / (total - 1.0).clamp_min(1.0);
       running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype()), momentum);
     }
-    auto shape = channel_shape(x);
-    auto x_hat = (x - global_mean.view(shape)) * invstd.view(shape);
-    auto y = x_hat * weight.to(at::kFloat).view(shape) + bias.to(at::kFloat).view(shape);
-    ctx->save_for_backward({x_hat, invstd, weight, total});
+    auto invstd = (global_var + eps).rsqrt();
+    // Normalising with given statistics is batch norm in inference mode.
+    auto y = at::batch_norm(input, weight, bias, global_mean, global_var, /*training=*/false, 0.0,
+                            eps, /*cudnn_enabled=*/true);
+    ctx->save_for_backward({input, weight, global_mean, invstd, total});
     ctx->saved_data["group"] = group;
-    ctx->saved_data["dtype"] = static_cast<int64_t>(input.scalar_type());
-    return y.to(input.scalar_type());
+    ctx->saved_data["eps"] = eps;
+    return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto* g = reinterpret_cast<Group*>(ctx->saved_data["group"].toInt());
     auto saved = ctx->get_saved_variables();
-    auto x_hat = saved[0];
-    auto invstd = saved[1];
-    auto weight = saved[2];
-    auto n = saved[3];
-    auto dtype = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
-    auto dy = grads[0].to(at::kFloat);
-    auto dims = reduced_dims(dy);
-    auto sum_dy = dy.sum(dims);
-    auto sum_dy_xhat = (dy * x_hat).sum(dims);
+    auto input = saved[0];
+    auto weight = saved[1];
+    auto mean = saved[2];
+    auto invstd = saved[3];
+    auto n = saved[4];
+    double eps = ctx->saved_data["eps"].toDouble();
+    auto dy = grads[0].contiguous(input.suggest_memory_format());
+    // This rank's Σ dy·x̂ and Σ dy (γ's and β's gradients), in one pass.
+    auto [unused, sum_dy_xhat, sum_dy] = at::native_batch_norm_backward(
+        dy, input, weight, std::nullopt, std::nullopt, mean, invstd, /*train=*/true, eps,
+        {false, true, true});
     int64_t channels = sum_dy.size(0);
-    auto totals = at::cat({sum_dy, sum_dy_xhat});
+    auto totals = at::cat({sum_dy.to(at::kFloat), sum_dy_xhat.to(at::kFloat)});
     allreduce_sum(g, totals);
-    auto shape = channel_shape(dy);
-    auto total_dy = totals.narrow(0, 0, channels).view(shape);
-    auto total_dy_xhat = totals.narrow(0, channels, channels).view(shape);
-    auto scale = (weight.to(at::kFloat) * invstd).view(shape) / n;
-    auto dx = scale * (dy * n - total_dy - x_hat * total_dy_xhat);
-    return {dx.to(dtype),
+    auto total_dy = totals.narrow(0, 0, channels);
+    auto total_dy_xhat = totals.narrow(0, channels, channels);
+    // dx = a·dy + b·x + c per channel, with x̂ = (x − μ)·σ⁻¹:
+    //   a = γσ⁻¹,  b = −a·σ⁻¹·Σdy·x̂/N,  c = −a·Σdy/N − b·μ.
+    auto a = weight.to(at::kFloat) * invstd;
+    auto b = -a * invstd * total_dy_xhat / n;
+    auto c = -a * total_dy / n - b * mean;
+    auto shape = channel_shape(input);
+    auto dx = at::addcmul(c.view(shape), input, b.view(shape));
+    dx.addcmul_(dy, a.view(shape));
+    return {dx.to(input.scalar_type()),
             sum_dy_xhat.to(weight.scalar_type()),
             sum_dy.to(weight.scalar_type()),
             at::Tensor(),

@@ -1,12 +1,14 @@
 //! Benchmarks that print figures and ratios against PyTorch measured in
 //! the same call: the toy MI training step ([`toy_mi`]), the two-view data
-//! pipeline ([`data`]) and whole training steps ([`train`]).
+//! pipeline ([`data`]), whole training steps ([`train`]) and training with
+//! several data-parallel processes ([`dist`]).
 //!
 //! The PyTorch side of each benchmark is a script in `scripts/`, compiled
 //! into the binary so that a benchmark runs from any folder; it prints one
 //! JSON line that is read back here.
 
 pub mod data;
+pub mod dist;
 pub mod toy_mi;
 pub mod train;
 

@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 
-use crate::bench::{data::DataBench, toy_mi::ToyMiBench, train::TrainBench};
+use crate::bench::{data::DataBench, dist::DistBench, toy_mi::ToyMiBench, train::TrainBench};
 
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
@@ -16,6 +16,9 @@ pub enum BenchCommand {
     /// Images/s of training steps for each method, precision and memory
     /// format, eqco vs the same in PyTorch and vs PyTorch's eager default.
     Train(TrainBench),
+    /// Time per step of a preset with 1, 2, … data-parallel workers, and
+    /// the share of a step spent in collectives.
+    Dist(DistBench),
 }
 
 /// Runs a benchmark.
@@ -24,5 +27,6 @@ pub fn run(which: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::ToyMi(b) => b.run(),
         BenchCommand::Data(b) => b.run(),
         BenchCommand::Train(b) => b.run(),
+        BenchCommand::Dist(b) => b.run(),
     }
 }
