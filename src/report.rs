@@ -43,6 +43,10 @@ pub struct RunView {
     pub knn: Option<KnnReport>,
     /// Linear probe, if made.
     pub linear: Option<LinearReport>,
+    /// The series it belongs to in accuracy-vs-K plots: method and loss,
+    /// and the other keys in which the reported runs differ (not K, not
+    /// the seed); see [`set_families`].
+    pub family: String,
 }
 
 impl RunView {
@@ -50,12 +54,14 @@ impl RunView {
     pub fn read(dir: &Path) -> Result<RunView> {
         let cfg = run_config(dir, &[])?;
         let metrics = metrics::read(&dir.join("metrics.jsonl"))?;
+        let family = method_and_loss(&cfg);
         Ok(RunView {
             dir: dir.to_path_buf(),
             metrics,
             knn: read_json(&dir.join("eval/knn.json"))?,
             linear: read_json(&dir.join("eval/linear.json"))?,
             cfg,
+            family,
         })
     }
 
@@ -70,23 +76,116 @@ impl RunView {
         }
     }
 
-    /// "simo K=16 EqCo α=256", "simo K=16 InfoNCE", "random init", "supervised".
+    /// "simo EqCo α=256 K=16", "simo InfoNCE K=16", "random init", "supervised".
     pub fn label(&self) -> String {
         match self.role() {
             Role::RandomInit => "random init".into(),
             Role::Supervised => "supervised".into(),
-            Role::Contrastive => format!("{} K={}", self.family(), self.cfg.k()),
+            Role::Contrastive => format!("{} K={}", self.family, self.cfg.k()),
         }
     }
+}
 
-    /// The method and loss without K: the series a run belongs to in accuracy-vs-K plots.
-    pub fn family(&self) -> String {
-        let loss = self
-            .cfg
-            .alpha
-            .map_or("InfoNCE".to_string(), |a| format!("EqCo α={a}"));
-        let method = format!("{:?}", self.cfg.method).to_lowercase();
-        format!("{method} {loss}")
+/// "simo EqCo α=256", "mocov2 InfoNCE".
+fn method_and_loss(cfg: &PretrainConfig) -> String {
+    let loss = cfg
+        .alpha
+        .map_or("InfoNCE".to_string(), |a| format!("EqCo α={a}"));
+    format!("{:?} {loss}", cfg.method).to_lowercase()
+}
+
+/// Keys that neither name a series nor tell runs of one apart (K and α are
+/// in the label; runs of several seeds are one configuration).
+const NOT_A_SERIES: [&str; 6] = [
+    "k_negatives",
+    "queue_size",
+    "alpha",
+    "method",
+    "seed",
+    "data_dir",
+];
+
+/// Sets each contrastive run's family: its method and loss, plus every
+/// other key in which the contrastive runs differ (`ema_momentum=0`,
+/// `bn=shuffle`…), so that ablations are series of their own.
+pub fn set_families(runs: &mut [RunView]) {
+    let tables: Vec<toml::Table> = runs
+        .iter()
+        .map(|r| r.cfg.to_toml().parse().unwrap_or_default())
+        .collect();
+    let contrastive: Vec<usize> = (0..runs.len())
+        .filter(|&i| runs[i].role() == Role::Contrastive)
+        .collect();
+    let mut varying: Vec<String> = contrastive
+        .iter()
+        .flat_map(|&i| tables[i].keys().cloned())
+        .filter(|k| !NOT_A_SERIES.contains(&k.as_str()))
+        .filter(|k| {
+            let first = tables[contrastive[0]].get(k);
+            contrastive.iter().any(|&i| tables[i].get(k) != first)
+        })
+        .collect();
+    varying.sort();
+    varying.dedup();
+    for &i in &contrastive {
+        let mut family = method_and_loss(&runs[i].cfg);
+        for k in &varying {
+            let v = tables[i].get(k).map_or("none".to_string(), |v| match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            family.push_str(&format!(" {k}={v}"));
+        }
+        runs[i].family = family;
+    }
+}
+
+/// Runs that differ only in their seed.
+struct SeedGroup<'a> {
+    label: String,
+    runs: Vec<&'a RunView>,
+}
+
+/// The report's runs grouped by configuration apart from the seed, in order.
+fn seed_groups(runs: &[RunView]) -> Vec<SeedGroup<'_>> {
+    let mut groups: Vec<(String, SeedGroup)> = Vec::new();
+    for r in runs {
+        let key = PretrainConfig {
+            seed: 0,
+            ..r.cfg.clone()
+        }
+        .to_toml();
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.runs.push(r),
+            None => groups.push((
+                key,
+                SeedGroup {
+                    label: r.label(),
+                    runs: vec![r],
+                },
+            )),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// "76.12 (75.80–76.44)": the mean and the range of `values`, one decimal
+/// place more for figures below 10.
+fn mean_and_range(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "–".into();
+    }
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let d = if mean.abs() < 10.0 { 3 } else { 2 };
+    if values.len() == 1 {
+        format!("{mean:.d$}")
+    } else {
+        format!("{mean:.d$} ({lo:.d$}–{hi:.d$})")
     }
 }
 
@@ -158,7 +257,8 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<String> {
     if runs.is_empty() {
         return Err(Error::config("runs", "no run folders given"));
     }
-    runs.sort_by_cached_key(|r| (r.role(), r.family(), r.cfg.k(), r.dir.clone()));
+    set_families(&mut runs);
+    runs.sort_by_cached_key(|r| (r.role(), r.family.clone(), r.cfg.k(), r.dir.clone()));
 
     let mut md = String::from("# eqco report\n\n");
     md.push_str(
@@ -206,6 +306,36 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<String> {
                 mode(l)
             )),
         );
+    }
+
+    let groups = seed_groups(&runs);
+    if groups.iter().any(|g| g.runs.len() > 1) {
+        md.push_str(
+            "\n## Over seeds\n\nRuns that differ only in their seed: the mean, and the lowest and highest value in brackets.\n\n\
+             | configuration | seeds | MI bound | kNN top-1 % | linear top-1 % |\n|---|---|---|---|---|\n",
+        );
+        for g in &groups {
+            let values = |f: &dyn Fn(&RunView) -> Option<f64>| -> Vec<f64> {
+                g.runs.iter().filter_map(|r| f(r)).collect()
+            };
+            let mi =
+                values(&|r| (!r.metrics.is_empty()).then(|| tail_mean(&r.metrics, |x| x.mi_bound)));
+            let knn = values(&|r| r.knn.as_ref().map(|k| 100.0 * k.top1));
+            let linear = values(&|r| r.linear.as_ref().map(|l| 100.0 * l.top1));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                g.label,
+                g.runs
+                    .iter()
+                    .map(|r| r.cfg.seed.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                mean_and_range(&mi),
+                mean_and_range(&knn),
+                mean_and_range(&linear)
+            );
+        }
     }
 
     crate::io::create_dir(out)?;
@@ -275,7 +405,8 @@ fn training_panels(runs: &[&RunView]) -> Vec<Panel> {
 }
 
 /// Panels of linear and kNN top-1 against K (log scale): one series per
-/// method and loss, the baselines as horizontal lines.
+/// family through the means over seeds, each seed's value as a cross when
+/// there are several, the baselines as horizontal lines.
 fn accuracy_panels(runs: &[RunView]) -> Vec<Panel> {
     type Pick = fn(&RunView) -> Option<f64>;
     let picks: [(&str, Pick); 2] = [
@@ -284,6 +415,7 @@ fn accuracy_panels(runs: &[RunView]) -> Vec<Panel> {
         }),
         ("kNN", |r| r.knn.as_ref().map(|k| 100.0 * k.top1)),
     ];
+    let log_k = |r: &RunView| (r.cfg.k().max(1) as f64).log2();
     let mut panels = Vec::new();
     for (name, pick) in picks {
         let points: Vec<(&RunView, f64)> = runs
@@ -294,35 +426,57 @@ fn accuracy_panels(runs: &[RunView]) -> Vec<Panel> {
         if points.is_empty() {
             continue;
         }
-        let xs = points.iter().map(|(r, _)| (r.cfg.k().max(1) as f64).log2());
-        let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-            (a.min(x), b.max(x))
-        });
-        let mut families: Vec<String> = points.iter().map(|(r, _)| r.family()).collect();
+        let (x0, x1) = points
+            .iter()
+            .map(|(r, _)| log_k(r))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+                (a.min(x), b.max(x))
+            });
+        let mut families: Vec<&str> = points.iter().map(|(r, _)| r.family.as_str()).collect();
         families.sort();
         families.dedup();
-        let mut series: Vec<Series> = families
-            .iter()
-            .enumerate()
-            .map(|(i, fam)| {
-                let mut pts: Vec<(f64, f64)> = points
-                    .iter()
-                    .filter(|(r, _)| &r.family() == fam)
-                    .map(|(r, a)| ((r.cfg.k().max(1) as f64).log2(), *a))
-                    .collect();
-                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                Series {
-                    name: fam.clone(),
-                    points: pts,
-                    color: COLORS[i % COLORS.len()],
-                    stroke: if fam.contains("EqCo") {
-                        Stroke::Solid
-                    } else {
-                        Stroke::Dashed
-                    },
-                }
-            })
-            .collect();
+        let mut series: Vec<Series> = Vec::new();
+        for (i, fam) in families.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let seeds: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|(r, _)| r.family == *fam)
+                .map(|(r, a)| (log_k(r), *a))
+                .collect();
+            let mut ks: Vec<f64> = seeds.iter().map(|p| p.0).collect();
+            ks.sort_by(f64::total_cmp);
+            ks.dedup();
+            let means: Vec<(f64, f64)> = ks
+                .iter()
+                .map(|&k| {
+                    let at: Vec<f64> = seeds.iter().filter(|p| p.0 == k).map(|p| p.1).collect();
+                    (k, at.iter().sum::<f64>() / at.len() as f64)
+                })
+                .collect();
+            let several = means.len() < seeds.len();
+            series.push(Series {
+                name: if several {
+                    format!("{fam} (mean over seeds)")
+                } else {
+                    fam.to_string()
+                },
+                points: means,
+                color,
+                stroke: if fam.contains("EqCo") {
+                    Stroke::Solid
+                } else {
+                    Stroke::Dashed
+                },
+            });
+            if several {
+                series.push(Series {
+                    name: "each seed".into(),
+                    points: seeds,
+                    color,
+                    stroke: Stroke::Markers,
+                });
+            }
+        }
         for (j, r) in runs
             .iter()
             .filter(|r| r.role() != Role::Contrastive)

@@ -59,6 +59,9 @@ pub struct SweepEval {
     pub linear_epochs: usize,
     /// Linear probe learning rate.
     pub linear_lr: f64,
+    /// Train the linear probe on a fixed random subset of this many
+    /// training images (all if absent).
+    pub linear_images: Option<usize>,
 }
 
 impl Default for SweepEval {
@@ -69,6 +72,7 @@ impl Default for SweepEval {
             linear: Some(LinearMode::Fast),
             linear_epochs: 100,
             linear_lr: 30.0,
+            linear_images: None,
         }
     }
 }
@@ -94,7 +98,7 @@ pub struct SweepConfig {
 }
 
 /// The sweep presets compiled into the binary: `(name, TOML)`.
-pub const SWEEP_PRESETS: [(&str, &str); 6] = [
+pub const SWEEP_PRESETS: [(&str, &str); 10] = [
     (
         "fmnist-simo-k",
         include_str!("../presets/sweeps/fmnist-simo-k.toml"),
@@ -118,6 +122,22 @@ pub const SWEEP_PRESETS: [(&str, &str); 6] = [
     (
         "fmnist-precision",
         include_str!("../presets/sweeps/fmnist-precision.toml"),
+    ),
+    (
+        "fmnist-simo-k-long",
+        include_str!("../presets/sweeps/fmnist-simo-k-long.toml"),
+    ),
+    (
+        "fmnist-mocov2-k-long",
+        include_str!("../presets/sweeps/fmnist-mocov2-k-long.toml"),
+    ),
+    (
+        "fmnist-simo-table6",
+        include_str!("../presets/sweeps/fmnist-simo-table6.toml"),
+    ),
+    (
+        "fmnist-simo-table7",
+        include_str!("../presets/sweeps/fmnist-simo-table7.toml"),
     ),
 ];
 
@@ -342,6 +362,7 @@ fn evaluate(e: &SweepEval, dir: &Path, head: &str, seed: u64, opts: &SweepOption
             mode,
             epochs: e.linear_epochs,
             lr: e.linear_lr,
+            max_images: e.linear_images,
             seed,
             threads: opts.threads,
             ..Default::default()

@@ -440,3 +440,76 @@ fn export_matches_torchvision_names_and_shapes() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn the_long_sweep_presets_run_at_tiny_size_and_report_the_seed_spread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar");
+    eqco::data::synthetic::write_cifar10(&data, 600).unwrap();
+    // The presets' own grids (K up to 255, so N = 256), one short epoch.
+    let sets = [
+        "dataset=cifar10".to_string(),
+        format!("data_dir=\"{}\"", data.display()),
+        "max_images=512".into(),
+        "epochs=1".into(),
+        "warmup_epochs=0".into(),
+        "backbone=resnet10".into(),
+        "width=0.125".into(),
+        "image_size=8".into(),
+        "head_hidden=16".into(),
+        "embed_dim=8".into(),
+        "loader_threads=1".into(),
+    ];
+    for (preset, runs) in [
+        ("fmnist-simo-k-long", 10),
+        ("fmnist-mocov2-k-long", 8),
+        ("fmnist-simo-table6", 2),
+        ("fmnist-simo-table7", 2),
+    ] {
+        let out = tmp.path().join(preset);
+        let mut args: Vec<String> = vec![
+            "sweep".into(),
+            "--config".into(),
+            preset.into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--threads".into(),
+            "1".into(),
+        ];
+        for s in &sets {
+            args.extend(["--set".to_string(), s.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = eqco(&args);
+        assert!(o.status.success(), "{preset}: {}", text(&o.stderr));
+        let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+        let rows = report.lines().filter(|l| l.starts_with("| `")).count();
+        assert_eq!(rows, runs, "{preset}: {report}");
+        let seeds = preset.ends_with("-long");
+        assert_eq!(
+            report.contains("## Over seeds"),
+            seeds,
+            "{preset}: {report}"
+        );
+        if seeds {
+            // Two seeds per configuration: a mean and its range in brackets.
+            let spread = report
+                .lines()
+                .filter(|l| l.contains("| 0, 1 |") && l.contains('–') && l.contains('('))
+                .count();
+            assert_eq!(spread, 4, "{preset}: {report}");
+        }
+        for dir in std::fs::read_dir(&out).unwrap().flatten() {
+            let p = dir.path();
+            if p.join("config.toml").is_file() {
+                assert!(p.join("eval/knn.json").is_file(), "{}", p.display());
+            }
+        }
+    }
+    // The ablations' runs are series of their own, told apart by the key.
+    let t6 = std::fs::read_to_string(tmp.path().join("fmnist-simo-table6/report.md")).unwrap();
+    assert!(
+        t6.contains("ema_momentum0`") && t6.contains("ema_momentum0.99`"),
+        "{t6}"
+    );
+}

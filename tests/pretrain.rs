@@ -287,8 +287,9 @@ fn a_nan_loss_stops_the_run_and_keeps_what_was_written() {
         .is_empty());
     // The run folder is not overwritten by a new run.
     let o = eqco(&args);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("already holds a run"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("already holds a run"), "{err}");
 }
 
 #[test]

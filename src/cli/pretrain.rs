@@ -95,7 +95,10 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
         _ => {}
     }
     let world = match &env {
-        None => World::single(),
+        None => {
+            check_out(&out, resume)?;
+            World::single()
+        }
         Some(env) => {
             cfg.validate_world(env.world_size)?;
             if env.rank == 0 {
