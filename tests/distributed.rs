@@ -449,3 +449,78 @@ fn two_workers_share_the_cpu_and_report_their_communication() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn the_slurm_wrapper_maps_srun_tasks_onto_a_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("slurm");
+    let args = pretrain_args(
+        tmp.path(),
+        "fmnist-simo",
+        &run,
+        &["max_steps=2", "k_negatives=31"],
+    );
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm.sh");
+    // Two tasks of one node, as srun starts them.
+    let tasks: Vec<_> = (0..2)
+        .map(|rank| {
+            Command::new("bash")
+                .arg(&script)
+                .args(&args)
+                .env("EQCO", env!("CARGO_BIN_EXE_eqco"))
+                .env("SLURM_PROCID", rank.to_string())
+                .env("SLURM_NTASKS", "2")
+                .env("SLURM_LOCALID", rank.to_string())
+                .env("SLURM_TASKS_PER_NODE", "2(x1)")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let start = Instant::now();
+    let mut tasks: Vec<_> = tasks.into_iter().map(Some).collect();
+    let mut outs = Vec::new();
+    while tasks.iter().any(Option::is_some) {
+        for t in tasks.iter_mut() {
+            if t.as_mut().is_some_and(|c| c.try_wait().unwrap().is_some()) {
+                outs.push(t.take().unwrap().wait_with_output().unwrap());
+            }
+        }
+        if start.elapsed() > LIMIT {
+            for c in tasks.iter_mut().flatten() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            panic!("the SLURM tasks ran past {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for o in &outs {
+        ok(o);
+    }
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["processes"], 2);
+    assert_eq!(losses(&run).len(), 2);
+    // Outside srun it says what is missing.
+    let o = Command::new("bash")
+        .arg(&script)
+        .arg("--version")
+        .env_remove("SLURM_PROCID")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("`SLURM_PROCID`"),
+        "{}",
+        text(&o.stderr)
+    );
+}
