@@ -133,9 +133,15 @@ where
                 .draw_series(pts.clone().map(|p| Cross::new(p, 5, color.stroke_width(2))))
                 .map_err(err)?,
         };
-        anno.label(&s.name).legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-        });
+        let markers = matches!(s.stroke, Stroke::Markers);
+        anno.label(&s.name)
+            .legend(move |(x, y)| -> DynElement<_, _> {
+                if markers {
+                    Cross::new((x + 9, y), 5, color.stroke_width(2)).into_dyn()
+                } else {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)).into_dyn()
+                }
+            });
         if matches!(s.stroke, Stroke::Solid | Stroke::Dashed) {
             chart
                 .draw_series(pts.map(|p| Circle::new(p, 3, color.filled())))

@@ -91,7 +91,7 @@ fn method_and_loss(cfg: &PretrainConfig) -> String {
     let loss = cfg
         .alpha
         .map_or("InfoNCE".to_string(), |a| format!("EqCo α={a}"));
-    format!("{:?} {loss}", cfg.method).to_lowercase()
+    format!("{} {loss}", format!("{:?}", cfg.method).to_lowercase())
 }
 
 /// Keys that neither name a series nor tell runs of one apart (K and α are

@@ -498,6 +498,10 @@ fn the_long_sweep_presets_run_at_tiny_size_and_report_the_seed_spread() {
                 .filter(|l| l.contains("| 0, 1 |") && l.contains('–') && l.contains('('))
                 .count();
             assert_eq!(spread, 4, "{preset}: {report}");
+            assert!(
+                report.contains(" EqCo α=") && report.contains(" InfoNCE K=16"),
+                "{preset}: {report}"
+            );
         }
         for dir in std::fs::read_dir(&out).unwrap().flatten() {
             let p = dir.path();
