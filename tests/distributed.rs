@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::text;
@@ -16,6 +16,35 @@ use eqco::run::metrics::{self, StepMetrics};
 /// The longest any command here may take.
 const LIMIT: Duration = Duration::from_secs(240);
 
+/// Waits for every child, killing them all if any runs past [`LIMIT`].
+fn wait_bounded(children: Vec<Child>, what: &str) -> Vec<Output> {
+    let start = Instant::now();
+    let mut running: Vec<Option<Child>> = children.into_iter().map(Some).collect();
+    let mut outs: Vec<Option<Output>> = running.iter().map(|_| None).collect();
+    while running.iter().any(Option::is_some) {
+        for (slot, out) in running.iter_mut().zip(outs.iter_mut()) {
+            if slot
+                .as_mut()
+                .is_some_and(|c| c.try_wait().unwrap().is_some())
+            {
+                *out = Some(slot.take().unwrap().wait_with_output().unwrap());
+            }
+        }
+        if start.elapsed() > LIMIT {
+            let mut err = String::new();
+            for c in running.iter_mut().flatten() {
+                let _ = c.kill();
+            }
+            for c in running.into_iter().flatten() {
+                err.push_str(&text(&c.wait_with_output().unwrap().stderr));
+            }
+            panic!("{what} ran past {LIMIT:?}: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    outs.into_iter().map(Option::unwrap).collect()
+}
+
 /// Runs `eqco` with `args` (and `env`), killed after [`LIMIT`].
 fn eqco_env(args: &[String], env: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_eqco"));
@@ -23,19 +52,9 @@ fn eqco_env(args: &[String], env: &[(&str, String)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("the eqco binary runs");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("eqco {args:?} ran past {LIMIT:?}: {}", text(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = cmd.spawn().expect("the eqco binary runs");
+    let mut outs = wait_bounded(vec![child], &format!("eqco {args:?}"));
+    outs.pop().unwrap()
 }
 
 fn eqco(args: &[String]) -> Output {
@@ -485,24 +504,7 @@ fn the_slurm_wrapper_maps_srun_tasks_onto_a_job() {
                 .unwrap()
         })
         .collect();
-    let start = Instant::now();
-    let mut tasks: Vec<_> = tasks.into_iter().map(Some).collect();
-    let mut outs = Vec::new();
-    while tasks.iter().any(Option::is_some) {
-        for t in tasks.iter_mut() {
-            if t.as_mut().is_some_and(|c| c.try_wait().unwrap().is_some()) {
-                outs.push(t.take().unwrap().wait_with_output().unwrap());
-            }
-        }
-        if start.elapsed() > LIMIT {
-            for c in tasks.iter_mut().flatten() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            panic!("the SLURM tasks ran past {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let outs = wait_bounded(tasks, "the SLURM tasks");
     for o in &outs {
         ok(o);
     }

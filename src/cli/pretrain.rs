@@ -68,6 +68,11 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
     let env = Env::from_env()?;
     let device = parse_device(&args.common.device)?;
     let backend = cfg.dist_backend.resolve(device)?;
+    // The process that will write the run folder (this one, the launcher of
+    // workers, or rank 0 of a job) refuses one that holds a run.
+    if env.as_ref().is_none_or(|e| e.rank == 0) {
+        check_out(&out, resume)?;
+    }
     match (args.nproc_per_node, &env) {
         (Some(0), _) => return Err(Error::config("--nproc-per-node", "0 (must be ≥ 1)").into()),
         (Some(_), Some(_)) => {
@@ -89,21 +94,14 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
                     .into());
                 }
             }
-            check_out(&out, resume)?;
             return launch_workers(n);
         }
         _ => {}
     }
     let world = match &env {
-        None => {
-            check_out(&out, resume)?;
-            World::single()
-        }
+        None => World::single(),
         Some(env) => {
             cfg.validate_world(env.world_size)?;
-            if env.rank == 0 {
-                check_out(&out, resume)?;
-            }
             World::join(env, backend, Duration::from_secs_f64(cfg.dist_timeout))?
         }
     };
