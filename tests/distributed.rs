@@ -176,11 +176,11 @@ const FP32: Least = Least {
 
 /// bf16, from measurement (SiMo, 4 seeds, 2 steps, README): W = 2 vs W = 1
 /// differs by up to 7.2e-4 in the first loss, 1.05e-2 in the first
-/// gradients and 1.3e-4 in the weights, while one process at 1 vs 2 threads
+/// gradients and 1.9e-4 in the weights, while one process at 1 vs 2 threads
 /// can differ by as little as 0 (bf16 kernels round differently at another
 /// batch size, not at another thread count). The floors are 2⁻¹² and 2⁻⁸
 /// (bfloat16 has 8 bits of mantissa, unit roundoff 2⁻⁹), so that the
-/// bounds (10×) sit 3–18× above what was measured.
+/// bounds (10×) sit 3–13× above what was measured.
 const BF16: Least = Least {
     loss: 1.0 / 4096.0,
     gradients: 1.0 / 256.0,

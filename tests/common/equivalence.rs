@@ -19,8 +19,8 @@ use tch::{Kind, Tensor};
 
 /// How far above the measured floor a run may drift: the floor is one
 /// draw of a chaotic amplification, so the bound leaves room for another
-/// draw of the same size (measured: W = 2 vs W = 1 drifts 0.2–3× the
-/// 1-vs-2-thread floor, see the README's equivalence section).
+/// draw of the same size (measured: W = 2 vs W = 1 drifts 0–1.5× the
+/// 1-vs-2-thread floor, see the README's *What the tests guarantee*).
 pub const FLOOR_MULTIPLE: f64 = 10.0;
 
 /// The smallest floor, relative: where the kernels are batch- and
