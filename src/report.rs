@@ -3,9 +3,15 @@
 //! monitor), and the accuracy of the frozen backbones against K with and
 //! without EqCo, beside the random-init and supervised baselines.
 //!
+//! Runs of several seeds are summarised per configuration (mean ± standard
+//! deviation), and EqCo is compared with InfoNCE seed by seed, with a 95 %
+//! interval and a verdict ([`paired`]).
+//!
 //! A run's evaluations are read from `<run>/eval/knn.json` and
 //! `<run>/eval/linear.json` (written by `eqco sweep`, or by `eqco eval …
 //! --out <run>/eval`).
+
+pub mod paired;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -169,8 +175,8 @@ fn seed_groups(runs: &[RunView]) -> Vec<SeedGroup<'_>> {
     groups.into_iter().map(|(_, g)| g).collect()
 }
 
-/// "76.12 (75.80–76.44)": the mean and the range of `values`, one decimal
-/// place more for figures below 10.
+/// "76.12 ± 0.45 (75.80–76.44)": the mean, the sample standard deviation
+/// and the range of `values`, one decimal place more for figures below 10.
 fn mean_and_range(values: &[f64]) -> String {
     if values.is_empty() {
         return "–".into();
@@ -185,8 +191,104 @@ fn mean_and_range(values: &[f64]) -> String {
     if values.len() == 1 {
         format!("{mean:.d$}")
     } else {
-        format!("{mean:.d$} ({lo:.d$}–{hi:.d$})")
+        let n = values.len() as f64;
+        let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        format!("{mean:.d$} ± {sd:.d$} ({lo:.d$}–{hi:.d$})")
     }
+}
+
+/// The key of a configuration apart from its seed (and, for `alpha =
+/// None`, the key of its InfoNCE twin).
+fn config_key(cfg: &PretrainConfig, alpha: Option<f64>) -> String {
+    PretrainConfig {
+        seed: 0,
+        alpha,
+        ..cfg.clone()
+    }
+    .to_toml()
+}
+
+/// Each EqCo configuration against the InfoNCE configuration that differs
+/// from it only in α, seed by seed, for kNN and linear top-1 (in points).
+fn paired_comparisons(groups: &[SeedGroup]) -> Vec<paired::Paired> {
+    let mut out = Vec::new();
+    for g in groups {
+        let cfg = &g.runs[0].cfg;
+        let Some(alpha) = cfg.alpha else { continue };
+        if g.runs[0].role() != Role::Contrastive {
+            continue;
+        }
+        let twin = config_key(cfg, None);
+        let Some(reference) = groups
+            .iter()
+            .find(|r| config_key(&r.runs[0].cfg, None) == twin && r.runs[0].cfg.alpha.is_none())
+        else {
+            continue;
+        };
+        let family = &g.runs[0].family;
+        let method = format!("{:?}", cfg.method).to_lowercase();
+        let extras = family
+            .split_once(&format!("EqCo α={alpha}"))
+            .map_or("", |(_, rest)| rest);
+        let label = format!(
+            "{method}{extras}: EqCo α={alpha} − InfoNCE at K = {}",
+            cfg.k()
+        );
+        type Metric = fn(&RunView) -> Option<f64>;
+        let metrics: [(&'static str, Metric); 2] = [
+            ("kNN top-1", |r| r.knn.as_ref().map(|k| 100.0 * k.top1)),
+            ("linear top-1", |r| {
+                r.linear.as_ref().map(|l| 100.0 * l.top1)
+            }),
+        ];
+        for (name, metric) in metrics {
+            let mut seeds = Vec::new();
+            let mut diffs = Vec::new();
+            for r in &g.runs {
+                let twin = reference.runs.iter().find(|x| x.cfg.seed == r.cfg.seed);
+                if let (Some(a), Some(b)) = (metric(r), twin.and_then(|t| metric(t))) {
+                    seeds.push(r.cfg.seed);
+                    diffs.push(a - b);
+                }
+            }
+            if !diffs.is_empty() {
+                out.push(paired::Paired::new(label.clone(), name, seeds, diffs));
+            }
+        }
+    }
+    out
+}
+
+/// The Markdown section of the paired comparisons.
+fn paired_section(comparisons: &[paired::Paired]) -> String {
+    let mut md = String::from(
+        "\n## EqCo against InfoNCE, paired by seed\n\n\
+         Each EqCo run minus the InfoNCE run of the same configuration, K and seed, in points: \
+         the differences, their mean ± standard deviation, and the 95 % interval of the mean \
+         (Student's t). *Resolved* means the interval excludes 0.\n\n\
+         | comparison | metric | seeds | differences | mean ± sd | 95 % interval |\n|---|---|---|---|---|---|\n",
+    );
+    for p in comparisons {
+        let (lo, hi) = p.interval();
+        let list = |v: Vec<String>| v.join(", ");
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:+.2} ± {:.2} | {:+.2} to {:+.2} |",
+            p.label,
+            p.metric,
+            list(p.seeds.iter().map(u64::to_string).collect()),
+            list(p.diffs.iter().map(|d| format!("{d:+.2}")).collect()),
+            p.mean,
+            p.sd,
+            lo,
+            hi
+        );
+    }
+    md.push('\n');
+    for p in comparisons {
+        let _ = writeln!(md, "- {}", p.verdict());
+    }
+    md
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
@@ -311,7 +413,7 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<String> {
     let groups = seed_groups(&runs);
     if groups.iter().any(|g| g.runs.len() > 1) {
         md.push_str(
-            "\n## Over seeds\n\nRuns that differ only in their seed: the mean, and the lowest and highest value in brackets.\n\n\
+            "\n## Over seeds\n\nRuns that differ only in their seed: the mean ± the standard deviation, and the lowest and highest value in brackets.\n\n\
              | configuration | seeds | MI bound | kNN top-1 % | linear top-1 % |\n|---|---|---|---|---|\n",
         );
         for g in &groups {
@@ -335,6 +437,10 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<String> {
                 mean_and_range(&knn),
                 mean_and_range(&linear)
             );
+        }
+        let comparisons = paired_comparisons(&groups);
+        if !comparisons.is_empty() {
+            md.push_str(&paired_section(&comparisons));
         }
     }
 

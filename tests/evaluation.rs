@@ -510,6 +510,7 @@ fn the_long_sweep_presets_run_at_tiny_size_and_report_the_seed_spread() {
                 report.contains(" EqCo α=") && report.contains(" InfoNCE K=16"),
                 "{preset}: {report}"
             );
+            check_paired_differences(&out, &report, preset);
         }
         for dir in std::fs::read_dir(&out).unwrap().flatten() {
             let p = dir.path();
@@ -524,4 +525,74 @@ fn the_long_sweep_presets_run_at_tiny_size_and_report_the_seed_spread() {
         t6.contains("ema_momentum0`") && t6.contains("ema_momentum0.99`"),
         "{t6}"
     );
+}
+
+/// The report's paired EqCo − InfoNCE kNN differences equal the ones
+/// computed here from the runs' own `eval/knn.json`, by hand: two seeds,
+/// so s = |d₀ − d₁| / √2 and the 95 % half width is t₀.₉₇₅,₁ · s / √2 with
+/// t₀.₉₇₅,₁ = 12.706.
+fn check_paired_differences(out: &Path, report: &str, preset: &str) {
+    use std::collections::BTreeMap;
+    // (K, EqCo?) → seed → kNN top-1 in points.
+    let mut knn: BTreeMap<(usize, bool), BTreeMap<u64, f64>> = BTreeMap::new();
+    for dir in std::fs::read_dir(out).unwrap().flatten() {
+        let p = dir.path();
+        if !p.join("metrics.jsonl").is_file() {
+            continue;
+        }
+        let run = eqco::report::RunView::read(&p).unwrap();
+        if run.role() != eqco::report::Role::Contrastive {
+            continue;
+        }
+        let top1 = json(&p.join("eval/knn.json"))["top1"].as_f64().unwrap();
+        knn.entry((run.cfg.k(), run.cfg.alpha.is_some()))
+            .or_default()
+            .insert(run.cfg.seed, 100.0 * top1);
+    }
+    let ks: Vec<usize> = knn.keys().map(|k| k.0).collect();
+    for k in ks {
+        let (eqco, infonce) = (&knn[&(k, true)], &knn[&(k, false)]);
+        let d: Vec<f64> = [0, 1].iter().map(|s| eqco[s] - infonce[s]).collect();
+        let mean = (d[0] + d[1]) / 2.0;
+        let sd = (d[0] - d[1]).abs() / 2f64.sqrt();
+        let half = 12.706 * sd / 2f64.sqrt();
+        // The table row shows the differences, their mean and s; the
+        // verdict line the mean and the half width (printed to 2 decimals).
+        let row = format!("K = {k} | kNN top-1 | 0, 1 | {:+.2}, {:+.2} |", d[0], d[1]);
+        let row = report.lines().find(|l| l.contains(&row));
+        let row = row.unwrap_or_else(|| panic!("{preset}: no K = {k} kNN row in {report}"));
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let (m, s) = cells[4].split_once(" ± ").unwrap();
+        close_to(m, mean, 0.0051, row);
+        close_to(s, sd, 0.0051, row);
+        let head = format!("K = {k}, kNN top-1: ");
+        let line = report
+            .lines()
+            .find(|l| l.starts_with("- ") && l.contains(&head));
+        let line = line.unwrap_or_else(|| panic!("{preset}: no K = {k} verdict in {report}"));
+        let rest = line.split_once(&head).unwrap().1;
+        let (m, rest) = rest.split_once(" ± ").unwrap();
+        let (h, rest) = rest
+            .split_once(" points (95 % interval, 2 seeds): ")
+            .unwrap();
+        close_to(m, mean, 0.0051, line);
+        close_to(h, half, 0.0051 + 1e-4 * half, line);
+        if (mean.abs() - half).abs() > 0.01 {
+            let verdict = if mean.abs() > half {
+                "resolved"
+            } else {
+                "not resolved at this scale"
+            };
+            assert_eq!(rest, verdict, "{line}");
+        }
+    }
+}
+
+/// `text` (a printed number) is within `tol` of `want`.
+fn close_to(text: &str, want: f64, tol: f64, context: &str) {
+    let got: f64 = text
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{text:?} in {context}"));
+    assert!((got - want).abs() <= tol, "{got} vs {want} in {context}");
 }
