@@ -250,10 +250,12 @@ impl<'a> Trainer<'a> {
         if self.main {
             let out = &self.opts.out;
             atomic_write(&out.join("config.toml"), self.cfg.to_toml().as_bytes())?;
-            self.record.metrics = Some(MetricsWriter::open(
-                &out.join("metrics.jsonl"),
-                self.opts.resume.then_some(self.pos.step),
-            )?);
+            // A resumed run keeps the lines of the steps it continues from;
+            // a fresh start in a folder whose run never reached a checkpoint
+            // (a restart) drops them.
+            let path = out.join("metrics.jsonl");
+            let keep = (self.opts.resume || path.is_file()).then_some(self.pos.step);
+            self.record.metrics = Some(MetricsWriter::open(&path, keep)?);
         }
         self.record.bar.set_position(self.pos.step);
         Ok(())
