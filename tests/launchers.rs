@@ -142,10 +142,11 @@ fn processes(run: &Path) -> u64 {
 }
 
 #[test]
-fn torchrun_standalone_and_static_rendezvous_run_two_workers() {
+fn torchrun_standalone_static_and_c10d_rendezvous_run_two_workers() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port().to_string();
-    let cases: [(&str, Vec<&str>); 2] = [
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let cases: [(&str, Vec<&str>); 3] = [
         ("standalone", vec!["--standalone", "--nproc-per-node", "2"]),
         (
             "static",
@@ -160,6 +161,21 @@ fn torchrun_standalone_and_static_rendezvous_run_two_workers() {
                 "127.0.0.1",
                 "--master-port",
                 &port,
+            ],
+        ),
+        (
+            "c10d",
+            vec![
+                "--nnodes",
+                "1",
+                "--nproc-per-node",
+                "2",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                &endpoint,
+                "--rdzv-id",
+                "eqco-test",
             ],
         ),
     ];
