@@ -194,6 +194,67 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
   }
 };
 
+// Gloo's devices: one per interface of `ifaces` (comma-separated) when not
+// empty, else one bound to the address `addr`.
+std::vector<std::shared_ptr<::gloo::transport::Device>> gloo_devices(const std::string& ifaces,
+                                                                     const std::string& addr) {
+  std::vector<std::shared_ptr<::gloo::transport::Device>> devices;
+  if (ifaces.empty()) {
+    devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(addr));
+    return devices;
+  }
+  std::stringstream list(ifaces);
+  std::string iface;
+  while (std::getline(list, iface, ',')) {
+    if (!iface.empty()) {
+      devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(iface));
+    }
+  }
+  return devices;
+}
+
+// Tells the other ranks that this one cannot join, and why (first failure wins).
+void record_failure(const c10::intrusive_ptr<c10d::Store>& store, int rank, const std::string& why) {
+  try {
+    std::string m = "rank " + std::to_string(rank) + " could not join: " + why;
+    store->compareSet(kFailedKey, std::vector<uint8_t>(), std::vector<uint8_t>(m.begin(), m.end()));
+  } catch (...) {
+  }
+}
+
+// Counts this rank in and waits until all `size` are, or one recorded a
+// failure (which is thrown here), or `timeout` passes (the error names the
+// ranks that did not join).
+void wait_for_ranks(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                    std::chrono::milliseconds timeout) {
+  const std::string ready = "eqco/ready/";
+  store->set(ready + std::to_string(rank), std::vector<uint8_t>{'1'});
+  store->add("eqco/joined", 1);
+  auto start = std::chrono::steady_clock::now();
+  while (true) {
+    if (store->check({std::string(kFailedKey)})) {
+      auto v = store->get(kFailedKey);
+      throw std::runtime_error(std::string(v.begin(), v.end()));
+    }
+    if (store->add("eqco/joined", 0) >= size) {
+      return;
+    }
+    auto waited = std::chrono::steady_clock::now() - start;
+    if (waited > timeout) {
+      std::string missing;
+      for (int r = 0; r < size; ++r) {
+        if (!store->check({ready + std::to_string(r)})) {
+          missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+        }
+      }
+      throw std::runtime_error(
+          "rank(s) " + missing + " did not join within " +
+          std::to_string(std::chrono::duration_cast<std::chrono::seconds>(waited).count()) + " s");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
 }  // namespace
 }  // namespace eqco
 
@@ -215,11 +276,26 @@ extern "C" char* eqco_group_new(int nccl, const char* host, int port, int rank, 
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
     opts.isServer = serve != 0;
-    // Clients count themselves in (the server waits for all of them).
-    opts.numWorkers = size;
+    // The ranks count themselves in below (naming the missing ones on a
+    // timeout), not in the store's own wait.
+    opts.waitWorkers = false;
     opts.timeout = timeout;
     c10::intrusive_ptr<c10d::Store> tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
-    auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
+    c10::intrusive_ptr<c10d::Store> store =
+        c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
+    std::vector<std::shared_ptr<::gloo::transport::Device>> devices;
+    if (!nccl) {
+      try {
+        devices = eqco::gloo_devices(gloo_ifaces, gloo_addr);
+      } catch (const c10::Error& e) {
+        eqco::record_failure(store, rank, e.what_without_backtrace());
+        throw;
+      } catch (const std::exception& e) {
+        eqco::record_failure(store, rank, e.what());
+        throw;
+      }
+    }
+    eqco::wait_for_ranks(store, rank, size, timeout);
     c10::intrusive_ptr<c10d::Backend> backend;
     if (nccl) {
 #ifdef EQCO_WITH_NCCL
@@ -230,19 +306,7 @@ extern "C" char* eqco_group_new(int nccl, const char* host, int port, int rank, 
 #endif
     } else {
       auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
-      std::string ifaces(gloo_ifaces);
-      if (!ifaces.empty()) {
-        std::stringstream list(ifaces);
-        std::string iface;
-        while (std::getline(list, iface, ',')) {
-          if (!iface.empty()) {
-            gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(iface));
-          }
-        }
-      } else {
-        gloo->devices.push_back(
-            c10d::ProcessGroupGloo::createDeviceForHostname(std::string(gloo_addr)));
-      }
+      gloo->devices = devices;
       backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, gloo);
     }
     *out = new Group{store, backend, rank, size, serve != 0};

@@ -477,3 +477,62 @@ fn resume_auto_continues_a_run_or_starts_one_and_a_plain_rerun_is_refused() {
         assert_eq!(x.loss, y.loss, "step {}", x.step);
     }
 }
+
+#[test]
+fn a_rank_that_cannot_join_ends_the_job_at_once_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    // The timeout is long: the job must end long before it.
+    let args = pretrain_args(tmp.path(), &run, &["max_steps=2", "dist_timeout=600"]);
+    let port = free_port().to_string();
+    let start = Instant::now();
+    let ranks: Vec<Job> = (0..2)
+        .map(|rank| {
+            let mut cmd = Command::new(eqco_bin());
+            cmd.args(&args)
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port);
+            if rank == 1 {
+                // Gloo cannot bind to an interface that does not exist.
+                cmd.env("GLOO_SOCKET_IFNAME", "nosuch0");
+            }
+            Job::start(cmd, &format!("rank {rank}"))
+        })
+        .collect();
+    let outs = wait_all(ranks, Duration::from_secs(60));
+    let took = start.elapsed();
+    for (rank, out) in outs.iter().enumerate() {
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "rank {rank} exited 0:\n{err}");
+        let last = err.lines().rfind(|l| l.starts_with("error:")).unwrap_or("");
+        assert!(
+            last.contains("rank 1 could not join") && last.contains("nosuch0"),
+            "rank {rank}'s error names rank 1 and the interface:\n{err}"
+        );
+        eprintln!("rank {rank}: {last}");
+    }
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(!run.join("metrics.jsonl").exists(), "nothing trained");
+}
+
+#[test]
+fn a_peer_that_never_starts_is_named_when_the_timeout_ends_the_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let args = pretrain_args(tmp.path(), &run, &["max_steps=2", "dist_timeout=3"]);
+    let mut cmd = Command::new(eqco_bin());
+    cmd.args(&args)
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "4")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", free_port().to_string());
+    let out = Job::start(cmd, "rank 0 of 4, alone").wait(Duration::from_secs(60));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("rank(s) 1, 2, 3 did not join within 3 s"),
+        "the error names the missing ranks:\n{err}"
+    );
+}
