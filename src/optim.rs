@@ -248,11 +248,14 @@ mod tests {
             let make = || {
                 let vs = VarStore::new(Device::Cpu);
                 let root = vs.root();
-                let conv = root.randn("conv", &[8, 4, 3, 3], 0.0, 0.5);
-                let lin = root.randn("lin", &[5, 8], 0.0, 0.5);
-                let bias = root.randn("bias", &[5], 0.0, 0.5);
-                // Never used by the loss: no gradient, no update.
-                let _unused = root.randn("unused", &[3], 0.0, 1.0);
+                let (conv, lin, bias) = crate::seed::with_torch_seed(1, || {
+                    let conv = root.randn("conv", &[8, 4, 3, 3], 0.0, 0.5);
+                    let lin = root.randn("lin", &[5, 8], 0.0, 0.5);
+                    let bias = root.randn("bias", &[5], 0.0, 0.5);
+                    // Never used by the loss: no gradient, no update.
+                    let _unused = root.randn("unused", &[3], 0.0, 1.0);
+                    (conv, lin, bias)
+                });
                 if channels_last {
                     crate::device::Compute {
                         channels_last: true,

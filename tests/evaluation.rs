@@ -26,6 +26,8 @@ fn tiny_sets(dir: &Path) -> Vec<String> {
         "head_hidden=32".into(),
         "embed_dim=16".into(),
         "loader_threads=1".into(),
+        "precision=fp32".into(),
+        "memory_format=channels_last".into(),
     ]
     .into()
 }
@@ -200,6 +202,10 @@ fn baselines_random_init_and_supervised() {
         "lr=0.2",
         "--set",
         "loader_threads=1",
+        "--set",
+        "precision=fp32",
+        "--set",
+        "memory_format=channels_last",
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(sup.join("metrics.jsonl"))
@@ -459,6 +465,8 @@ fn the_long_sweep_presets_run_at_tiny_size_and_report_the_seed_spread() {
         "head_hidden=16".into(),
         "embed_dim=8".into(),
         "loader_threads=1".into(),
+        "precision=fp32".into(),
+        "memory_format=channels_last".into(),
     ];
     for (preset, runs) in [
         ("fmnist-simo-k-long", 10),

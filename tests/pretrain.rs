@@ -32,6 +32,10 @@ fn tiny(dir: &Path, preset: &str, extra: &[&str]) -> PretrainConfig {
             "embed_dim=16",
             "checkpoint_every=4",
             "loader_threads=1",
+            // What the tests assert must not depend on what `auto` picks
+            // on the machine running them; cases override these.
+            "precision=fp32",
+            "memory_format=channels_last",
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -40,6 +44,9 @@ fn tiny(dir: &Path, preset: &str, extra: &[&str]) -> PretrainConfig {
     PretrainConfig::load(Some(preset), &sets).unwrap()
 }
 
+/// In-process runs: `pretrain` sets libtorch's intra-op thread count, which
+/// the test threads of this binary share, so every run here uses the same
+/// count (1); tests that compare thread counts run the binary instead.
 fn opts(out: &Path, resume: bool) -> TrainOptions {
     TrainOptions {
         out: out.to_path_buf(),
@@ -91,9 +98,8 @@ fn the_loss_falls_over_a_few_dozen_steps() {
 #[test]
 fn resuming_reproduces_the_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
-    // Channels-last is the default memory format; fp32 is what `auto` picks
-    // on CPUs without native bfloat16, and bf16 (autocast on the CPU) is
-    // checked too, in both formats.
+    // fp32 channels-last (tiny's pins) for every method; NCHW, and bf16
+    // (autocast on the CPU, native or emulated) in both formats.
     let cases: [(&str, &str, &[&str]); 6] = [
         (
             "simo",
@@ -159,7 +165,11 @@ fn resuming_reproduces_the_uninterrupted_run() {
         }
     }
     // The memory format changes how the arithmetic is ordered, not what it
-    // computes; bf16 rounds, but trains the same function.
+    // computes; bf16 rounds, but trains the same function. Step 1 starts
+    // from identical weights, so it is held to rounding (measured on an
+    // Intel Xeon with AMX: 7e-8 for the format, 5.4e-4 for bf16); later
+    // steps amplify the machine's rounding, so they are held only to the
+    // same function (measured there: up to 7.7e-7 and 1.7e-2).
     let losses = |name: &str| -> Vec<f64> {
         metrics::read(&tmp.path().join(format!("{name}-full/metrics.jsonl")))
             .unwrap()
@@ -168,21 +178,20 @@ fn resuming_reproduces_the_uninterrupted_run() {
             .collect()
     };
     let (simo, nchw, bf16) = (losses("simo"), losses("simo-nchw"), losses("simo-bf16"));
-    for i in 0..12 {
-        assert!(
-            (simo[i] - nchw[i]).abs() < 1e-3,
-            "step {}: {} vs {}",
-            i + 1,
-            simo[i],
-            nchw[i]
-        );
-        assert!(
-            (simo[i] - bf16[i]).abs() < 0.15,
-            "step {}: {} vs {}",
-            i + 1,
-            simo[i],
-            bf16[i]
-        );
+    let rel = |a: &[f64], b: &[f64]| -> Vec<f64> {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / x.abs())
+            .collect()
+    };
+    let sci = common::equivalence::sci;
+    for (what, drift, first, later) in [
+        ("channels-last vs NCHW", rel(&simo, &nchw), 1e-5, 1e-2),
+        ("bf16 vs fp32", rel(&simo, &bf16), 1.0 / 128.0, 0.1),
+    ] {
+        eprintln!("{what}, relative loss difference per step: {}", sci(&drift));
+        assert!(drift[0] <= first, "{what}, step 1: {}", sci(&drift));
+        assert!(drift.iter().all(|&d| d <= later), "{what}: {}", sci(&drift));
     }
     assert_ne!(simo, bf16, "bf16 really ran");
     // A checkpoint does not load into another model.
@@ -463,9 +472,15 @@ fn a_steps_figures_stay_on_the_device_as_tensors() {
         &eqco::dist::World::single(),
     )
     .unwrap();
+    let (view1, view2) = eqco::seed::with_torch_seed(1, || {
+        (
+            tch::Tensor::randn([32, 3, 16, 16], tch::kind::FLOAT_CPU),
+            tch::Tensor::randn([32, 3, 16, 16], tch::kind::FLOAT_CPU),
+        )
+    });
     let batch = eqco::data::TwoViewBatch {
-        view1: tch::Tensor::randn([32, 3, 16, 16], tch::kind::FLOAT_CPU),
-        view2: tch::Tensor::randn([32, 3, 16, 16], tch::kind::FLOAT_CPU),
+        view1,
+        view2,
         indices: (0..32).collect(),
         labels: None,
     };

@@ -430,7 +430,12 @@ fn time_eqco(
     let mut sgd = Sgd::new(method.query(), cfg.momentum, cfg.weight_decay);
     let n = cfg.batch_size as i64;
     let (c, s) = (model.channels as i64, model.size as i64);
-    let view = || compute.layout(&Tensor::randn([n, c, s, s], (Kind::Float, device)));
+    let view = || {
+        let x = crate::seed::with_torch_seed(cfg.seed, || {
+            Tensor::randn([n, c, s, s], (Kind::Float, device))
+        });
+        compute.layout(&x)
+    };
     let batch = crate::data::TwoViewBatch {
         view1: view(),
         view2: view(),

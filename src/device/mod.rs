@@ -138,7 +138,17 @@ impl Compute {
         format: MemoryFormat,
         device: Device,
     ) -> (Compute, String, Option<String>) {
-        let native = native_bf16(device);
+        Self::resolve_with(precision, format, device, native_bf16(device))
+    }
+
+    /// As [`Compute::resolve`], given what the hardware can do: `native` is
+    /// why `device` computes bfloat16 natively, or `None` where it does not.
+    pub fn resolve_with(
+        precision: Precision,
+        format: MemoryFormat,
+        device: Device,
+        native: Option<String>,
+    ) -> (Compute, String, Option<String>) {
         let (bf16, line, warning) = match (precision, &native) {
             (Precision::Auto, Some(why)) => (true, format!("bf16 (auto: {why})"), None),
             (Precision::Auto, None) => (
@@ -321,8 +331,12 @@ mod tests {
             bf16: true,
             channels_last: false,
         };
-        let x = Tensor::randn([2, 3, 8, 8], tch::kind::FLOAT_CPU);
-        let w = Tensor::randn([4, 3, 3, 3], tch::kind::FLOAT_CPU);
+        let (x, w) = crate::seed::with_torch_seed(1, || {
+            (
+                Tensor::randn([2, 3, 8, 8], tch::kind::FLOAT_CPU),
+                Tensor::randn([4, 3, 3, 3], tch::kind::FLOAT_CPU),
+            )
+        });
         let (kind, state) = c.run(|| {
             let y = x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
             (y.kind(), autocast_state(Device::Cpu))
@@ -356,24 +370,51 @@ mod tests {
         assert!(is_channels_last(&gl));
     }
 
+    /// Every (precision, capability) pair, with the capability injected, so
+    /// that both of `auto`'s branches run on every machine.
     #[test]
-    fn resolving_precision_says_why() {
-        let (c, line, warn) =
-            Compute::resolve(Precision::Fp32, MemoryFormat::Contiguous, Device::Cpu);
-        assert_eq!(
-            (c.bf16, c.channels_last, line.as_str()),
-            (false, false, "fp32")
-        );
-        assert!(warn.is_none());
-        let (c, line, warn) =
-            Compute::resolve(Precision::Auto, MemoryFormat::ChannelsLast, Device::Cpu);
-        assert!(c.channels_last);
-        assert!(line.contains("auto"), "{line}");
+    fn resolving_precision_says_why_for_either_capability() {
+        let native = || Some("CPU has avx512_bf16".to_string());
+        let resolve = |p, native| {
+            let (c, line, warn) =
+                Compute::resolve_with(p, MemoryFormat::ChannelsLast, Device::Cpu, native);
+            (c.bf16, line, warn.is_some())
+        };
+        let cases = [
+            (
+                Precision::Auto,
+                native(),
+                true,
+                "bf16 (auto: CPU has avx512_bf16)",
+                false,
+            ),
+            (
+                Precision::Auto,
+                None,
+                false,
+                "fp32 (auto: this CPU has neither AVX-512 BF16 nor AMX)",
+                false,
+            ),
+            (Precision::Fp32, native(), false, "fp32", false),
+            (Precision::Fp32, None, false, "fp32", false),
+            (
+                Precision::Bf16,
+                native(),
+                true,
+                "bf16 (CPU has avx512_bf16)",
+                false,
+            ),
+            (Precision::Bf16, None, true, "bf16 (emulated)", true),
+        ];
+        for (p, cap, bf16, line, warns) in cases {
+            let what = format!("{p:?} with {cap:?}");
+            assert_eq!(resolve(p, cap), (bf16, line.to_string(), warns), "{what}");
+        }
+        let (c, _, _) =
+            Compute::resolve_with(Precision::Fp32, MemoryFormat::Contiguous, Device::Cpu, None);
+        assert!(!c.channels_last);
+        // This machine's own answer goes through the same function.
+        let (c, _, _) = Compute::resolve(Precision::Auto, MemoryFormat::ChannelsLast, Device::Cpu);
         assert_eq!(c.bf16, native_bf16(Device::Cpu).is_some());
-        assert!(warn.is_none());
-        let (c, _, warn) =
-            Compute::resolve(Precision::Bf16, MemoryFormat::ChannelsLast, Device::Cpu);
-        assert!(c.bf16);
-        assert_eq!(warn.is_some(), native_bf16(Device::Cpu).is_none());
     }
 }

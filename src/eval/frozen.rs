@@ -89,7 +89,12 @@ impl Frozen {
         // Only the backbone: it sits at the root of the query encoder's
         // variables (`query.conv1.weight`, …) for every method.
         let vs = tch::nn::VarStore::new(device);
-        let backbone = ResNet::new(&vs.root(), config.encoder(channels)?.resnet)?;
+        // Its initial weights are overwritten below, but drawing them still
+        // takes the generator's lock, so that it cannot perturb another
+        // thread's seeded draws.
+        let resnet = config.encoder(channels)?.resnet;
+        let backbone =
+            crate::seed::with_torch_seed(config.seed, || ResNet::new(&vs.root(), resnet))?;
         let (compute, _, _) = Compute::resolve(config.precision, config.memory_format, device);
         compute.prepare(&vs);
         load_named("query.", &vs, &state).map_err(|e| Error::Data {

@@ -169,21 +169,22 @@ impl Probe {
         settings: &LinearSettings,
         device: tch::Device,
     ) -> Probe {
-        tch::manual_seed(settings.seed as i64);
         let vs = nn::VarStore::new(device);
-        let fc = nn::linear(
-            vs.root() / "fc",
-            features,
-            classes,
-            nn::LinearConfig {
-                ws_init: nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.01,
+        let fc = crate::seed::with_torch_seed(settings.seed, || {
+            nn::linear(
+                vs.root() / "fc",
+                features,
+                classes,
+                nn::LinearConfig {
+                    ws_init: nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: 0.01,
+                    },
+                    bs_init: Some(nn::Init::Const(0.0)),
+                    bias: true,
                 },
-                bs_init: Some(nn::Init::Const(0.0)),
-                bias: true,
-            },
-        );
+            )
+        });
         let sgd = Sgd::new(&vs, settings.momentum, settings.weight_decay);
         Probe { fc, sgd, _vs: vs }
     }
@@ -364,15 +365,16 @@ mod tests {
     use super::*;
 
     /// Three Gaussian blobs in 8 dimensions, `n` points each.
-    fn blobs(n: i64, seed: i64) -> (Tensor, Tensor) {
-        tch::manual_seed(seed);
+    fn blobs(n: i64, seed: u64) -> (Tensor, Tensor) {
+        let noise = crate::seed::with_torch_seed(seed, || {
+            Tensor::randn([3 * n, 8], (Kind::Float, tch::Device::Cpu))
+        });
         let centres = Tensor::from_slice(&[4.0f32, 0.0, -4.0])
             .view([3, 1])
             .repeat([1, 8]);
         let labels = Tensor::arange(3, (Kind::Int64, tch::Device::Cpu))
             .repeat_interleave_self_int(n, None, None);
-        let x = centres.index_select(0, &labels)
-            + Tensor::randn([3 * n, 8], (Kind::Float, tch::Device::Cpu));
+        let x = centres.index_select(0, &labels) + noise;
         (x, labels)
     }
 
@@ -407,7 +409,9 @@ mod tests {
     fn shuffled_labels_are_not_learned() {
         let (x, y) = blobs(100, 1);
         let (tx, ty) = blobs(50, 2);
-        let perm = Tensor::randperm(300, (Kind::Int64, tch::Device::Cpu));
+        let perm = crate::seed::with_torch_seed(3, || {
+            Tensor::randperm(300, (Kind::Int64, tch::Device::Cpu))
+        });
         let s = settings();
         let mut probe = Probe::new(8, 3, &s, tch::Device::Cpu);
         probe.fit(&x, &y.index_select(0, &perm), &s).unwrap();

@@ -12,7 +12,6 @@ pub mod simo;
 pub mod supervised;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use tch::nn::VarStore;
 use tch::Tensor;
@@ -73,23 +72,21 @@ pub fn build(
     world: &World,
 ) -> Result<Box<dyn Method>> {
     let enc = cfg.encoder(channels)?;
-    // libtorch's default generator is process-wide: seeding and drawing the
-    // weights under one lock gives a seed the same weights even when several
-    // runs start at once in one process (tests do).
-    static INIT: Mutex<()> = Mutex::new(());
-    let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(cfg.seed as i64);
-    Ok(match cfg.method {
-        MethodName::Simo => Box::new(simo::Simo::new(&enc, cfg, compute, world)?),
-        MethodName::Mocov1 | MethodName::Mocov2 => {
-            Box::new(moco::Moco::new(&enc, cfg, compute, world)?)
-        }
-        MethodName::Simclr => Box::new(simclr::SimClr::new(&enc, cfg, compute, world)?),
-        MethodName::Supervised => Box::new(supervised::Supervised::new(
-            &enc,
-            classes,
-            compute,
-            &shared::norm_for(cfg.bn(), world),
-        )?),
+    crate::seed::with_torch_seed(cfg.seed, || {
+        Ok(match cfg.method {
+            MethodName::Simo => {
+                Box::new(simo::Simo::new(&enc, cfg, compute, world)?) as Box<dyn Method>
+            }
+            MethodName::Mocov1 | MethodName::Mocov2 => {
+                Box::new(moco::Moco::new(&enc, cfg, compute, world)?)
+            }
+            MethodName::Simclr => Box::new(simclr::SimClr::new(&enc, cfg, compute, world)?),
+            MethodName::Supervised => Box::new(supervised::Supervised::new(
+                &enc,
+                classes,
+                compute,
+                &shared::norm_for(cfg.bn(), world),
+            )?),
+        })
     })
 }

@@ -155,11 +155,6 @@ pub fn grid(mis: &[f64], ks: &[usize]) -> Vec<RunSpec> {
     specs
 }
 
-/// libtorch's weight initialisation draws from one global generator: runs on
-/// several threads take turns seeding it, so that each run's critic depends
-/// on its seed alone.
-static INIT_LOCK: Mutex<()> = Mutex::new(());
-
 /// Trains one critic for `cfg.steps` steps and evaluates its bound on
 /// `cfg.eval_batches` fresh batches.
 pub fn run(cfg: &ToyConfig, spec: RunSpec, device: Device) -> Result<RunResult> {
@@ -174,16 +169,14 @@ pub fn run(cfg: &ToyConfig, spec: RunSpec, device: Device) -> Result<RunResult> 
     };
     let seed = spec.seed(cfg.seed);
     let vs = nn::VarStore::new(device);
-    let critic = {
-        let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(seed as i64);
+    let critic = crate::seed::with_torch_seed(seed, || {
         SeparableCritic::new(
             &vs.root(),
             cfg.dim as i64,
             cfg.hidden as i64,
             cfg.embed as i64,
         )
-    };
+    });
     let mut opt = nn::Adam::default().build(&vs, cfg.lr)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let batch = spec.k + 1;

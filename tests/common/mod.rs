@@ -1,6 +1,8 @@
 //! Fixture writers: small datasets in each on-disk format, with known pixels.
 #![allow(dead_code)]
 
+pub mod equivalence;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
