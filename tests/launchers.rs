@@ -381,34 +381,52 @@ fn two_hosts_train_what_one_process_trains() {
     }
     same_training(&one, &floor, &run, "two hosts, ranks by hand");
 
-    // The same through torchrun's static rendezvous, one agent per host.
-    let run = tmp.path().join("torchrun");
-    let args = pretrain_args(tmp.path(), &run, &sets);
-    let agents: Vec<Job> = (0..2)
-        .map(|node| {
-            let mut cmd = hosts.command(node, &torchrun());
-            cmd.args([
-                "--nnodes",
-                "2",
-                "--node-rank",
-                &node.to_string(),
-                "--nproc-per-node",
-                "1",
-                "--master-addr",
-                "node0",
-                "--master-port",
-                port,
-                "--no-python",
-            ])
-            .arg(eqco_bin())
-            .args(&args);
-            Job::start(cmd, &format!("torchrun on node{node}"))
-        })
-        .collect();
-    for (node, out) in wait_all(agents, LIMIT).iter().enumerate() {
-        ok(out, &format!("torchrun on node{node}"));
+    // The same through torchrun, one agent per host: the static
+    // rendezvous and the c10d one.
+    let static_launch: Vec<String> = ["--master-addr", "node0", "--master-port", port]
+        .map(String::from)
+        .to_vec();
+    let c10d_launch: Vec<String> = [
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "node0:29518",
+        "--rdzv-id",
+        "eqco-two-hosts",
+    ]
+    .map(String::from)
+    .to_vec();
+    for (name, launch) in [("static", static_launch), ("c10d", c10d_launch)] {
+        let run = tmp.path().join(format!("torchrun-{name}"));
+        let args = pretrain_args(tmp.path(), &run, &sets);
+        let agents: Vec<Job> = (0..2)
+            .map(|node| {
+                let mut cmd = hosts.command(node, &torchrun());
+                cmd.args(["--nnodes", "2", "--nproc-per-node", "1"]);
+                if name == "static" {
+                    cmd.args(["--node-rank", &node.to_string()]);
+                } else {
+                    // The namespaces share the machine's host name, which
+                    // their /etc/hosts do not resolve: each agent says its own.
+                    cmd.args(["--local-addr", &format!("node{node}")]);
+                }
+                cmd.args(&launch)
+                    .arg("--no-python")
+                    .arg(eqco_bin())
+                    .args(&args);
+                Job::start(cmd, &format!("torchrun ({name}) on node{node}"))
+            })
+            .collect();
+        for (node, out) in wait_all(agents, LIMIT).iter().enumerate() {
+            ok(out, &format!("torchrun ({name}) on node{node}"));
+        }
+        same_training(
+            &one,
+            &floor,
+            &run,
+            &format!("two hosts, torchrun --nnodes 2, {name} rendezvous"),
+        );
     }
-    same_training(&one, &floor, &run, "two hosts, torchrun --nnodes 2");
     drop(hosts);
 }
 

@@ -206,11 +206,17 @@ impl TwoHosts {
         ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
         ip(&["link", "set", &va, "netns", a])?;
         ip(&["link", "set", &vb, "netns", b])?;
-        let hosts = format!(
-            "127.0.0.1 localhost\n{} node0\n{} node1\n",
-            self.addrs[0], self.addrs[1]
-        );
+        // The namespaces share the machine's host name (one UTS
+        // namespace); each resolves it to its own address, as a real host
+        // resolves its own name (torchrun's c10d rendezvous looks it up).
+        let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
         for (ns, dev, addr) in [(a, &va, &self.addrs[0]), (b, &vb, &self.addrs[1])] {
+            let hosts = format!(
+                "127.0.0.1 localhost\n{} node0\n{} node1\n{addr} {machine}\n",
+                self.addrs[0], self.addrs[1]
+            );
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
