@@ -6,11 +6,14 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <chrono>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "shim.h"
@@ -18,25 +21,44 @@
 namespace eqco {
 
 struct Group {
+  // This attempt's keys (a prefix of the job's store, which torchrun's
+  // agent may keep across restarts).
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
   int rank;
   int size;
+  // Whether this process serves the store (rank 0 without torchrun's agent).
+  bool serves_store;
 };
 
 #ifdef EQCO_WITH_NCCL
-// In dist_nccl.cpp, compiled only against a CUDA build of torch.
+// In dist_nccl.cpp, compiled only against a CUDA build of torch: the NCCL
+// group bound to GPU `cuda_index` (made the current device first).
 c10::intrusive_ptr<c10d::Backend> make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank,
-                                            int size, std::chrono::milliseconds timeout);
+                                            int size, std::chrono::milliseconds timeout,
+                                            int cuda_index);
 #endif
+
+// The keys of the failure protocol (under the attempt's prefix): the first
+// failing rank's message, and how many non-serving ranks have left.
+constexpr const char* kFailedKey = "eqco/failed";
+constexpr const char* kLeftKey = "eqco/left";
 
 namespace {
 
 void wait(const c10::intrusive_ptr<c10d::Work>& work) { work->wait(); }
 
+// The group's backend; an error once the group was left after a failure.
+c10d::Backend* live(Group* g) {
+  if (!g->backend) {
+    throw std::runtime_error("this rank left the group after a failure");
+  }
+  return g->backend.get();
+}
+
 void allreduce_sum(Group* g, at::Tensor& t) {
   std::vector<at::Tensor> ts{t};
-  wait(g->backend->allreduce(ts));
+  wait(live(g)->allreduce(ts));
 }
 
 // The inputs of all ranks stacked along dimension 0, in rank order.
@@ -52,7 +74,7 @@ at::Tensor allgather(Group* g, const at::Tensor& input) {
   }
   std::vector<std::vector<at::Tensor>> outputs{parts};
   std::vector<at::Tensor> inputs{x};
-  wait(g->backend->allgather(outputs, inputs));
+  wait(live(g)->allgather(outputs, inputs));
   return out;
 }
 
@@ -172,44 +194,182 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
   }
 };
 
+// Gloo's devices: one per interface of `ifaces` (comma-separated) when not
+// empty, else one bound to the address `addr`.
+std::vector<std::shared_ptr<::gloo::transport::Device>> gloo_devices(const std::string& ifaces,
+                                                                     const std::string& addr) {
+  std::vector<std::shared_ptr<::gloo::transport::Device>> devices;
+  if (ifaces.empty()) {
+    devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(addr));
+    return devices;
+  }
+  std::stringstream list(ifaces);
+  std::string iface;
+  while (std::getline(list, iface, ',')) {
+    if (!iface.empty()) {
+      devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(iface));
+    }
+  }
+  return devices;
+}
+
+// Tells the other ranks that this one cannot join, and why (first failure wins).
+void record_failure(const c10::intrusive_ptr<c10d::Store>& store, int rank, const std::string& why) {
+  try {
+    std::string m = "rank " + std::to_string(rank) + " could not join: " + why;
+    store->compareSet(kFailedKey, std::vector<uint8_t>(), std::vector<uint8_t>(m.begin(), m.end()));
+  } catch (...) {
+  }
+}
+
+// Counts this rank in and waits until all `size` are, or one recorded a
+// failure (which is thrown here), or `timeout` passes (the error names the
+// ranks that did not join).
+void wait_for_ranks(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                    std::chrono::milliseconds timeout) {
+  const std::string ready = "eqco/ready/";
+  store->set(ready + std::to_string(rank), std::vector<uint8_t>{'1'});
+  store->add("eqco/joined", 1);
+  auto start = std::chrono::steady_clock::now();
+  while (true) {
+    if (store->check({std::string(kFailedKey)})) {
+      auto v = store->get(kFailedKey);
+      throw std::runtime_error(std::string(v.begin(), v.end()));
+    }
+    if (store->add("eqco/joined", 0) >= size) {
+      return;
+    }
+    auto waited = std::chrono::steady_clock::now() - start;
+    if (waited > timeout) {
+      std::string missing;
+      for (int r = 0; r < size; ++r) {
+        if (!store->check({ready + std::to_string(r)})) {
+          missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+        }
+      }
+      throw std::runtime_error(
+          "rank(s) " + missing + " did not join within " +
+          std::to_string(std::chrono::duration_cast<std::chrono::seconds>(waited).count()) + " s");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
 }  // namespace
 }  // namespace eqco
 
 using eqco::Group;
 
-// Joins the group of `size` processes: a TCPStore at host:port (served by
-// rank 0) for the rendezvous, then a Gloo (nccl = 0) or NCCL process group.
-// Every wait is bounded by `timeout_s`.
+// Joins the group of `size` processes. The rendezvous store is a TCPStore
+// at host:port, served by this process when `serve` (rank 0 without
+// torchrun's agent) and joined as a client otherwise; the group's keys live
+// under `prefix`. Gloo binds to the interfaces `gloo_ifaces` (comma-separated,
+// GLOO_SOCKET_IFNAME's form) when not empty, else to the address
+// `gloo_addr`. NCCL (nccl = 1) is bound to GPU `cuda_index`. Every wait is
+// bounded by `timeout_s`.
 extern "C" char* eqco_group_new(int nccl, const char* host, int port, int rank, int size,
-                                double timeout_s, Group** out) {
+                                double timeout_s, int serve, const char* prefix,
+                                const char* gloo_ifaces, const char* gloo_addr, int cuda_index,
+                                Group** out) {
   EQCO_TRY({
     auto timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000.0));
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
-    opts.isServer = rank == 0;
-    opts.numWorkers = size;
+    opts.isServer = serve != 0;
+    // The ranks count themselves in below (naming the missing ones on a
+    // timeout), not in the store's own wait.
+    opts.waitWorkers = false;
     opts.timeout = timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    c10::intrusive_ptr<c10d::Store> tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    c10::intrusive_ptr<c10d::Store> store =
+        c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
+    std::vector<std::shared_ptr<::gloo::transport::Device>> devices;
+    if (!nccl) {
+      try {
+        devices = eqco::gloo_devices(gloo_ifaces, gloo_addr);
+      } catch (const c10::Error& e) {
+        eqco::record_failure(store, rank, e.what_without_backtrace());
+        throw;
+      } catch (const std::exception& e) {
+        eqco::record_failure(store, rank, e.what());
+        throw;
+      }
+    }
+    eqco::wait_for_ranks(store, rank, size, timeout);
     c10::intrusive_ptr<c10d::Backend> backend;
     if (nccl) {
 #ifdef EQCO_WITH_NCCL
-      backend = eqco::make_nccl(store, rank, size, timeout);
+      backend = eqco::make_nccl(store, rank, size, timeout, cuda_index);
 #else
+      (void)cuda_index;
       throw std::runtime_error("this eqco was built against a torch without NCCL");
 #endif
     } else {
       auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
-      gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(std::string(host)));
+      gloo->devices = devices;
       backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, gloo);
     }
-    *out = new Group{store, backend, rank, size};
+    *out = new Group{store, backend, rank, size, serve != 0};
   })
+}
+
+// This rank failed with `message`: records it for the others (the first
+// failure wins), leaves the group, so that every peer's pending or next
+// collective fails at once, and, when this process serves the store, keeps
+// it up until the other ranks have left or `linger_s` has passed.
+extern "C" void eqco_group_fail(Group* g, const char* message, double linger_s) {
+  try {
+    std::string m(message);
+    g->store->compareSet(eqco::kFailedKey, std::vector<uint8_t>(),
+                         std::vector<uint8_t>(m.begin(), m.end()));
+  } catch (...) {
+  }
+  try {
+    g->backend->shutdown();
+  } catch (...) {
+  }
+  try {
+    g->backend.reset();
+  } catch (...) {
+  }
+  if (g->serves_store) {
+    auto end = std::chrono::steady_clock::now() +
+               std::chrono::milliseconds(static_cast<int64_t>(linger_s * 1000.0));
+    try {
+      while (g->store->add(eqco::kLeftKey, 0) < g->size - 1 && std::chrono::steady_clock::now() < end) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    } catch (...) {
+    }
+  } else {
+    try {
+      g->store->add(eqco::kLeftKey, 1);
+    } catch (...) {
+    }
+  }
+}
+
+// The failure another rank recorded with `eqco_group_fail` (a new C string
+// in *out), or null in *out when none is recorded or the store is gone;
+// waits at most `wait_s` for the store.
+extern "C" void eqco_group_cause(Group* g, double wait_s, char** out) {
+  *out = nullptr;
+  try {
+    g->store->setTimeout(std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1000.0)));
+    if (g->store->check({std::string(eqco::kFailedKey)})) {
+      auto v = g->store->get(eqco::kFailedKey);
+      *out = eqco::c_string(std::string(v.begin(), v.end()).c_str());
+    }
+  } catch (...) {
+  }
 }
 
 // Leaves the group (its threads end before this returns).
 extern "C" void eqco_group_free(Group* g) {
   try {
-    g->backend->shutdown();
+    if (g->backend) {
+      g->backend->shutdown();
+    }
   } catch (...) {
   }
   try {
@@ -243,13 +403,13 @@ extern "C" char* eqco_broadcast(Group* g, at::Tensor* t, int root) {
     std::vector<at::Tensor> ts{*t};
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
-    eqco::wait(g->backend->broadcast(ts, opts));
+    eqco::wait(eqco::live(g)->broadcast(ts, opts));
   })
 }
 
 // Waits until every rank has called it.
 extern "C" char* eqco_barrier(Group* g) {
-  EQCO_TRY(eqco::wait(g->backend->barrier()))
+  EQCO_TRY(eqco::wait(eqco::live(g)->barrier()))
 }
 
 // Synchronised batch normalisation of `input` [N, C, …] in training mode

@@ -43,6 +43,8 @@ apt_install dataset-fashion-mnist /usr/share/datasets/fashion-mnist/train-images
 # Gloo's headers, for the shim's c10d process group (the Gloo that runs is
 # the one inside libtorch).
 apt_install libgloo-dev /usr/include/gloo/config.h
+# `ip`, with which the multi-host tests make two hosts of network namespaces.
+apt_install iproute2 /usr/sbin/ip
 
 # With a CUDA build of torch, the headers the NCCL process group compiles
 # against: CUDA's crt/ and cccl's nv/ (the wheel's nvidia packages have the rest).

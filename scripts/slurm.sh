@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # One eqco worker of a SLURM job: maps SLURM's task variables onto torchrun's
-# (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT)
-# and runs eqco with the arguments given. Start one task per GPU:
+# (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and runs eqco with
+# the arguments given. eqco itself reads this node's task count from
+# SLURM_TASKS_PER_NODE and SLURM_NODEID (e.g. "8(x2),7"), takes the CPUs
+# srun bound the task to (sched_getaffinity) for its threads, and resumes on
+# its own when SLURM requeues the job (SLURM_RESTART_COUNT > 0). Start one
+# task per GPU:
 #
-#   srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 \
+#   srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 --kill-on-bad-exit=1 \
 #       scripts/slurm.sh pretrain --config simo --device cuda --out /shared/runs/simo
+#
+# (--kill-on-bad-exit ends the other tasks at once when one fails; without
+# it, a failing rank still ends the job within seconds through the store.)
 #
 # MASTER_ADDR defaults to the job's first node, MASTER_PORT to 29500 + the
 # job id modulo 1000 (so two jobs on one node do not collide); set either to
@@ -23,10 +30,8 @@ need SLURM_LOCALID
 export RANK="$SLURM_PROCID"
 export WORLD_SIZE="$SLURM_NTASKS"
 export LOCAL_RANK="$SLURM_LOCALID"
-# SLURM_TASKS_PER_NODE reads like "8(x2)" or "8,7": this node's count first.
-tasks="${SLURM_NTASKS_PER_NODE:-${SLURM_TASKS_PER_NODE:-1}}"
-tasks="${tasks%%(*}"
-export LOCAL_WORLD_SIZE="${tasks%%,*}"
+# LOCAL_WORLD_SIZE: eqco reads SLURM_TASKS_PER_NODE with SLURM_NODEID.
+unset LOCAL_WORLD_SIZE
 if [ -z "${MASTER_ADDR:-}" ]; then
     need SLURM_JOB_NODELIST
     MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"

@@ -13,7 +13,7 @@ fn main() {
     let cli = eqco::cli::Cli::parse();
     if let Err(err) = eqco::cli::run(cli) {
         // A worker started by a launcher also tells it why it failed.
-        eqco::dist::launch::record_error(&format!("{err:#}"));
+        eqco::dist::env::record_error(&format!("{err:#}"));
         eprintln!("error: {err:#}");
         std::process::exit(eqco::cli::exit_code(&err));
     }

@@ -52,6 +52,7 @@ extern "C" {
 }
 
 extern "C" {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn eqco_group_new(
         nccl: c_int,
         host: *const c_char,
@@ -59,8 +60,15 @@ extern "C" {
         rank: c_int,
         size: c_int,
         timeout_s: f64,
+        serve: c_int,
+        prefix: *const c_char,
+        gloo_ifaces: *const c_char,
+        gloo_addr: *const c_char,
+        cuda_index: c_int,
         out: *mut *mut c_void,
     ) -> *mut c_char;
+    pub(crate) fn eqco_group_fail(g: *mut c_void, message: *const c_char, linger_s: f64);
+    pub(crate) fn eqco_group_cause(g: *mut c_void, wait_s: f64, out: *mut *mut c_char);
     pub(crate) fn eqco_group_free(g: *mut c_void);
     pub(crate) fn eqco_all_reduce_sum(g: *mut c_void, t: *const c_void) -> *mut c_char;
     pub(crate) fn eqco_all_gather(

@@ -9,9 +9,12 @@ use clap::Args;
 
 use super::CommonArgs;
 use crate::device::parse_device;
+use crate::dist::env::{worker_device, DeviceRequest};
 use crate::dist::launch::{launch, Outcome};
-use crate::dist::{Env, World};
+use crate::dist::{self, Env, World};
 use crate::error::Error;
+use crate::run::checkpoint;
+use crate::run::config::ResumeMode;
 use crate::run::run_config;
 use crate::run::PretrainConfig;
 use crate::train::{pretrain, TrainOptions};
@@ -31,7 +34,10 @@ pub struct PretrainArgs {
     pub print_config: bool,
     /// Continue the run in this folder from its latest checkpoint (with its
     /// config.toml; `--set` may change keys such as max_steps or epochs).
-    #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+    /// `--resume auto` continues the run in `--out` when it has a
+    /// checkpoint and starts it fresh otherwise (as the config key
+    /// `resume = "auto"`, a torchrun restart or a requeued SLURM job do).
+    #[arg(long, value_name = "RUN_DIR|auto")]
     pub resume: Option<PathBuf>,
     /// Start N data-parallel workers of this command on this machine (with
     /// `--device cuda`, worker i uses `cuda:i`; on the CPU each gets its
@@ -49,28 +55,20 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
     if let Some(seed) = args.common.seed {
         sets.push(format!("seed={seed}"));
     }
-    let (cfg, out, resume) = match &args.resume {
-        Some(run) => (run_config(run, &sets)?, run.clone(), true),
-        None => {
-            let cfg = PretrainConfig::load(args.config.as_deref(), &sets)?;
-            let out = args
-                .common
-                .out
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("runs/pretrain"));
-            (cfg, out, false)
-        }
-    };
+    let env = Env::from_env()?;
+    let restarted = dist::env::restarted(|k| std::env::var(k).ok())?;
+    let (cfg, out, resume, auto) = resolve_run(&args, &sets, restarted)?;
     if args.print_config {
         print!("{}", cfg.to_toml());
         return Ok(());
     }
-    let env = Env::from_env()?;
+    let request = DeviceRequest::parse(&args.common.device);
     let device = parse_device(&args.common.device)?;
     let backend = cfg.dist_backend.resolve(device)?;
     // The process that will write the run folder (this one, the launcher of
-    // workers, or rank 0 of a job) refuses one that holds a run.
-    if env.as_ref().is_none_or(|e| e.rank == 0) {
+    // workers, or rank 0 of a job) refuses one that holds a run, unless the
+    // run resumes on its own.
+    if !auto && env.as_ref().is_none_or(|e| e.rank == 0) {
         check_out(&out, resume)?;
     }
     match (args.nproc_per_node, &env) {
@@ -84,46 +82,49 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
         }
         (Some(n), None) if n > 1 => {
             cfg.validate_world(n)?;
-            if let tch::Device::Cuda(_) = device {
-                let gpus = tch::Cuda::device_count() as usize;
-                if n > gpus {
-                    return Err(Error::config(
-                        "--nproc-per-node",
-                        format!("{n} workers, one per GPU, but this machine has {gpus} GPU(s)"),
-                    )
-                    .into());
-                }
+            if device.is_cuda() {
+                // Every worker's GPU exists (the last one's is the highest).
+                worker_device(request, n - 1, n, tch::Cuda::device_count() as usize)?;
             }
             return launch_workers(n);
         }
         _ => {}
     }
+    let (local_rank, local_size) = env
+        .as_ref()
+        .map_or((0, 1), |e| (e.local_rank, e.local_world_size));
+    // This worker's GPU, chosen before the process group is made (NCCL is
+    // bound to it).
+    let device = if device.is_cuda() {
+        worker_device(
+            request,
+            local_rank,
+            local_size,
+            tch::Cuda::device_count() as usize,
+        )?
+    } else {
+        device
+    };
     let world = match &env {
         None => World::single(),
         Some(env) => {
             cfg.validate_world(env.world_size)?;
-            World::join(env, backend, Duration::from_secs_f64(cfg.dist_timeout))?
+            World::join(
+                env,
+                backend,
+                Duration::from_secs_f64(cfg.dist_timeout),
+                device,
+            )?
         }
-    };
-    let device = match (device, args.common.device.trim()) {
-        // Worker i of a machine uses its i-th GPU.
-        (tch::Device::Cuda(_), "cuda") if world.local_size > 1 => {
-            let gpus = tch::Cuda::device_count() as usize;
-            if world.local_rank >= gpus {
-                return Err(Error::config(
-                    "LOCAL_RANK",
-                    format!("{} but this machine has {gpus} GPU(s)", world.local_rank),
-                )
-                .into());
-            }
-            tch::Device::Cuda(world.local_rank)
-        }
-        (d, _) => d,
     };
     let threads = match args.common.threads {
         Some(_) => args.common.threads()?,
-        // Each worker of a machine gets its share of the cores.
-        None => (args.common.threads()? / world.local_size).max(1),
+        // Each worker of a machine gets its share of the CPUs it may use.
+        None => {
+            let allowed = dist::env::cpus_allowed().map_or_else(|| args.common.threads(), Ok)?;
+            let online = dist::env::cpus_online().unwrap_or(allowed);
+            dist::env::threads_per_worker(allowed, online, local_size)
+        }
     };
     let main = world.is_main();
     let opts = TrainOptions {
@@ -134,7 +135,19 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
         progress: std::io::stderr().is_terminal(),
         world,
     };
-    let s = pretrain(&cfg, &opts)?;
+    let s = match pretrain(&cfg, &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut err = anyhow::Error::from(e);
+            let world = &opts.world;
+            if world.size > 1 && !format!("{err:#}").contains(&format!("rank {}", world.rank)) {
+                err = err.context(format!("rank {} of {}", world.rank, world.size));
+            }
+            // The other ranks end at once, and learn why.
+            world.abandon(&format!("{err:#}"));
+            return Err(err);
+        }
+    };
     if !main {
         return Ok(());
     }
@@ -162,6 +175,41 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
         s.checkpoint.display()
     );
     Ok(())
+}
+
+/// The run's configuration, its folder, whether it continues from a
+/// checkpoint, and whether it resumes on its own (`--resume auto`, the
+/// `resume` key, or a restart: then it continues from the newest checkpoint
+/// in `--out` when there is one, and starts fresh otherwise).
+fn resolve_run(
+    args: &PretrainArgs,
+    sets: &[String],
+    restarted: bool,
+) -> crate::Result<(PretrainConfig, PathBuf, bool, bool)> {
+    let auto_flag = args.resume.as_deref() == Some(Path::new("auto"));
+    if let Some(run) = args.resume.as_ref().filter(|_| !auto_flag) {
+        if args.config.is_some() {
+            return Err(Error::config(
+                "--resume",
+                format!(
+                    "{} continues with that run's config.toml: leave --config out (or use --resume auto with --config and --out)",
+                    run.display()
+                ),
+            ));
+        }
+        return Ok((run_config(run, sets)?, run.clone(), true, false));
+    }
+    let cfg = PretrainConfig::load(args.config.as_deref(), sets)?;
+    let out = args
+        .common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/pretrain"));
+    let auto = auto_flag || restarted || cfg.resume == ResumeMode::Auto;
+    if auto && checkpoint::latest_path(&out.join("checkpoints")).is_file() {
+        return Ok((run_config(&out, sets)?, out, true, true));
+    }
+    Ok((cfg, out, false, auto))
 }
 
 /// A new run may not overwrite a folder that holds one.

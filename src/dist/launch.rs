@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-/// The variable a worker writes its final error message to.
-pub const ERROR_FILE: &str = "EQCO_ERROR_FILE";
+pub use super::env::ERROR_FILE;
 
 /// How long stopped workers get before they are killed.
 const GRACE: Duration = Duration::from_secs(10);
@@ -206,11 +205,4 @@ fn free_port() -> Result<u16> {
         .local_addr()
         .map(|a| a.port())
         .map_err(|e| Error::io("a local TCP port", e))
-}
-
-/// Writes a worker's final error to `EQCO_ERROR_FILE` when the launcher set it.
-pub fn record_error(message: &str) {
-    if let Some(path) = std::env::var_os(ERROR_FILE) {
-        let _ = std::fs::write(path, message);
-    }
 }

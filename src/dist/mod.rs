@@ -6,10 +6,19 @@
 //!
 //! Processes find each other the way torchrun's workers do: from `RANK`,
 //! `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR` and
-//! `MASTER_PORT` ([`Env`]). A process started without them is a world of
-//! one ([`World::single`]), which needs no group at all.
+//! `MASTER_PORT` ([`Env`], with everything else a launcher says, in
+//! [`env`]). A process started without them is a world of one
+//! ([`World::single`]), which needs no group at all.
+//!
+//! A rank that fails tells the others through the store
+//! ([`Group::abandon`]) and leaves the group, so that their pending
+//! collectives fail at once and name it ([`Group::cause`]), with or
+//! without a launcher that stops the job.
 
+pub mod env;
 pub mod launch;
+
+pub use env::Env;
 
 use std::ffi::{c_int, c_void, CString};
 use std::net::TcpListener;
@@ -64,86 +73,6 @@ pub enum BnMode {
     Local,
 }
 
-/// The torchrun variables of a process that is one of several.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Env {
-    /// `RANK`: this process, 0 ≤ rank < world size.
-    pub rank: usize,
-    /// `WORLD_SIZE`: processes in the job.
-    pub world_size: usize,
-    /// `LOCAL_RANK`: this process among those of its machine (its GPU).
-    pub local_rank: usize,
-    /// `LOCAL_WORLD_SIZE`: processes on this machine (shares of the CPU).
-    pub local_world_size: usize,
-    /// `MASTER_ADDR`: where rank 0 serves the rendezvous store.
-    pub master_addr: String,
-    /// `MASTER_PORT`: its port.
-    pub master_port: u16,
-}
-
-impl Env {
-    /// The torchrun variables, when `RANK` or `WORLD_SIZE` is set; errors
-    /// name the variable that is missing or wrong.
-    pub fn from_env() -> Result<Option<Env>> {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
-    /// As [`Env::from_env`], reading variables through `get`.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<Env>> {
-        if get("RANK").is_none() && get("WORLD_SIZE").is_none() {
-            return Ok(None);
-        }
-        let number = |name: &str| -> Result<usize> {
-            let raw = get(name).ok_or_else(|| {
-                Error::config(
-                    name,
-                    "not set (RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT go together, as torchrun sets them)",
-                )
-            })?;
-            raw.trim()
-                .parse()
-                .map_err(|_| Error::config(name, format!("'{raw}' is not a whole number ≥ 0")))
-        };
-        let world_size = number("WORLD_SIZE")?;
-        if world_size < 1 {
-            return Err(Error::config("WORLD_SIZE", "0 (must be ≥ 1)"));
-        }
-        let rank = number("RANK")?;
-        if rank >= world_size {
-            return Err(Error::config(
-                "RANK",
-                format!("{rank} (must be below WORLD_SIZE = {world_size})"),
-            ));
-        }
-        let local_rank = match get("LOCAL_RANK") {
-            Some(_) => number("LOCAL_RANK")?,
-            None => rank,
-        };
-        let local_world_size = match get("LOCAL_WORLD_SIZE") {
-            Some(_) => number("LOCAL_WORLD_SIZE")?.max(1),
-            None => world_size,
-        };
-        let master_addr = get("MASTER_ADDR")
-            .filter(|a| !a.trim().is_empty())
-            .ok_or_else(|| {
-                Error::config("MASTER_ADDR", "not set (the address of rank 0's machine)")
-            })?;
-        let port = number("MASTER_PORT")?;
-        let master_port = u16::try_from(port)
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| Error::config("MASTER_PORT", format!("{port} (must be 1 to 65535)")))?;
-        Ok(Some(Env {
-            rank,
-            world_size,
-            local_rank,
-            local_world_size,
-            master_addr: master_addr.trim().to_string(),
-            master_port,
-        }))
-    }
-}
-
 /// A c10d process group (owned; left, its threads ended, when dropped).
 pub struct Group {
     ptr: *mut c_void,
@@ -165,14 +94,33 @@ unsafe impl Sync for Group {}
 
 impl Group {
     /// Joins the group of `env`: rank 0 serves the store at
-    /// `MASTER_ADDR:MASTER_PORT`, every wait is bounded by `timeout`.
-    pub fn join(env: &Env, backend: Backend, timeout: Duration) -> Result<Group> {
-        if env.rank == 0 {
+    /// `MASTER_ADDR:MASTER_PORT` (or every rank joins torchrun's agent's),
+    /// Gloo binds to this host's address ([`Env::gloo_bind`]), NCCL to
+    /// `device`; every wait is bounded by `timeout`.
+    pub fn join(env: &Env, backend: Backend, timeout: Duration, device: Device) -> Result<Group> {
+        if env.serves_store() {
             check_port_free(&env.master_addr, env.master_port)?;
         }
-        let host = CString::new(env.master_addr.clone())
-            .map_err(|_| Error::config("MASTER_ADDR", "contains a NUL byte"))?;
+        let c = |what: &str, v: String| {
+            CString::new(v).map_err(|_| Error::config(what, "contains a NUL byte"))
+        };
+        let host = c("MASTER_ADDR", env.master_addr.clone())?;
+        let prefix = c("TORCHELASTIC_RUN_ID", env.store_prefix())?;
+        let (ifaces, addr) = match backend {
+            Backend::Nccl => (String::new(), String::new()),
+            _ => match env.gloo_bind()? {
+                env::GlooBind::Interfaces(i) => (i, String::new()),
+                env::GlooBind::Address(a) => (String::new(), a.to_string()),
+            },
+        };
+        let ifaces = c("GLOO_SOCKET_IFNAME", ifaces)?;
+        let addr = c("MASTER_ADDR", addr)?;
+        let cuda_index = match device {
+            Device::Cuda(i) => i as c_int,
+            _ => -1,
+        };
         let mut ptr: *mut c_void = std::ptr::null_mut();
+        let start = Instant::now();
         // SAFETY: plain values in, a new group pointer out on success.
         let err = unsafe {
             shim::eqco_group_new(
@@ -182,15 +130,27 @@ impl Group {
                 env.rank as c_int,
                 env.world_size as c_int,
                 timeout.as_secs_f64(),
+                c_int::from(env.serves_store()),
+                prefix.as_ptr(),
+                ifaces.as_ptr(),
+                addr.as_ptr(),
+                cuda_index,
                 &mut ptr,
             )
         };
         shim::check("joining the process group", err).map_err(|e| {
+            let bind = match (&env.gloo_ifname, addr.to_str()) {
+                (Some(i), _) => format!(", Gloo on interface(s) {i}"),
+                (None, Ok(a)) if !a.is_empty() => format!(", Gloo on {a}"),
+                _ => String::new(),
+            };
             Error::Dist(format!(
-                "rank {} could not join the group at {}:{} within {:.0} s: {e}",
+                "rank {} could not join the group at {}:{} ({} the store{bind}); it failed after {:.1} s (dist_timeout = {:.0} s): {e}",
                 env.rank,
                 env.master_addr,
                 env.master_port,
+                if env.serves_store() { "serving" } else { "a client of" },
+                start.elapsed().as_secs_f64(),
                 timeout.as_secs_f64()
             ))
         })?;
@@ -203,12 +163,52 @@ impl Group {
         })
     }
 
+    /// This rank failed with `message` (which names the rank): the other ranks learn it through the
+    /// store (the first failure of the job is kept), this rank leaves the
+    /// group, so that their collectives fail at once, and, when it serves
+    /// the store, keeps it up until they have read it (at most `linger`).
+    pub fn abandon(&self, message: &str, linger: Duration) {
+        let m = CString::new(message.replace('\0', " ")).unwrap_or_default();
+        // SAFETY: a live group; the message is read during the call.
+        unsafe { shim::eqco_group_fail(self.ptr, m.as_ptr(), linger.as_secs_f64()) }
+    }
+
+    /// The failure another rank recorded with [`Group::abandon`], if any (the
+    /// store is asked for at most `wait`).
+    pub fn cause(&self, wait: Duration) -> Option<String> {
+        let mut out: *mut std::ffi::c_char = std::ptr::null_mut();
+        // SAFETY: a live group; a malloc'ed string or null comes back.
+        unsafe { shim::eqco_group_cause(self.ptr, wait.as_secs_f64(), &mut out) };
+        if out.is_null() {
+            return None;
+        }
+        // SAFETY: a NUL-terminated string from malloc, freed once here.
+        let text = unsafe { std::ffi::CStr::from_ptr(out) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: as above.
+        unsafe { libc::free(out.cast()) };
+        Some(text)
+    }
+
     fn timed(&self, what: &str, call: impl FnOnce() -> *mut std::ffi::c_char) -> Result<()> {
         let start = Instant::now();
         let err = call();
         self.comm_ns
             .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        shim::check(what, err).map_err(|e| Error::Dist(format!("rank {}: {e}", self.rank)))
+        shim::check(what, err).map_err(|e| self.failed(e))
+    }
+
+    /// The error of a failed collective: another rank's recorded failure
+    /// when there is one (the likely cause), else what c10d said.
+    fn failed(&self, e: Error) -> Error {
+        match self.cause(CAUSE_WAIT) {
+            Some(cause) => Error::Dist(format!(
+                "rank {}: the job failed on {cause} (this rank's {e})",
+                self.rank
+            )),
+            None => Error::Dist(format!("rank {}: {e}", self.rank)),
+        }
     }
 
     /// Sums `t` over ranks, in place.
@@ -383,6 +383,13 @@ impl Drop for Group {
     }
 }
 
+/// How long a failing rank that serves the store keeps it up for the
+/// others to read why the job ends.
+pub const LINGER: Duration = Duration::from_secs(5);
+
+/// How long a rank whose collective failed asks the store for the cause.
+const CAUSE_WAIT: Duration = Duration::from_secs(2);
+
 /// An error naming `MASTER_PORT` when another program holds it on this machine.
 fn check_port_free(addr: &str, port: u16) -> Result<()> {
     match TcpListener::bind((addr, port)) {
@@ -422,10 +429,11 @@ impl World {
         }
     }
 
-    /// Joins the job described by `env` (no group when it has one process).
-    pub fn join(env: &Env, backend: Backend, timeout: Duration) -> Result<World> {
+    /// Joins the job described by `env` (no group when it has one process),
+    /// computing on `device`.
+    pub fn join(env: &Env, backend: Backend, timeout: Duration, device: Device) -> Result<World> {
         let group = if env.world_size > 1 {
-            Some(Arc::new(Group::join(env, backend, timeout)?))
+            Some(Arc::new(Group::join(env, backend, timeout, device)?))
         } else {
             None
         };
@@ -458,6 +466,14 @@ impl World {
         self.group.as_ref().map_or(Ok(()), |g| g.check())
     }
 
+    /// This rank failed with `message`: the job ends ([`Group::abandon`],
+    /// giving the other ranks up to [`LINGER`] to learn why).
+    pub fn abandon(&self, message: &str) {
+        if let Some(g) = &self.group {
+            g.abandon(message, LINGER);
+        }
+    }
+
     /// Seconds spent in collectives so far.
     pub fn comm_seconds(&self) -> f64 {
         self.group.as_ref().map_or(0.0, |g| g.comm_seconds())
@@ -473,55 +489,6 @@ impl World {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(vars: &[(&str, &str)]) -> Result<Option<Env>> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Env::from_lookup(|k| map.get(k).cloned())
-    }
-
-    #[test]
-    fn torchrun_variables_are_read_and_checked() {
-        assert_eq!(env(&[]).unwrap(), None, "no variables: one process");
-        let full = [
-            ("RANK", "1"),
-            ("WORLD_SIZE", "4"),
-            ("LOCAL_RANK", "1"),
-            ("LOCAL_WORLD_SIZE", "2"),
-            ("MASTER_ADDR", "10.0.0.1"),
-            ("MASTER_PORT", "29500"),
-        ];
-        let e = env(&full).unwrap().unwrap();
-        assert_eq!(
-            (e.rank, e.world_size, e.local_rank, e.local_world_size),
-            (1, 4, 1, 2)
-        );
-        assert_eq!((e.master_addr.as_str(), e.master_port), ("10.0.0.1", 29500));
-        let with = |k: &str, v: &str| {
-            let mut vars: Vec<(&str, &str)> = full.iter().filter(|p| p.0 != k).copied().collect();
-            if !v.is_empty() {
-                vars.push((k, v));
-            }
-            env(&vars).unwrap_err()
-        };
-        for (k, v, needle) in [
-            ("WORLD_SIZE", "0", "`WORLD_SIZE`"),
-            ("RANK", "4", "`RANK`"),
-            ("RANK", "-1", "`RANK`"),
-            ("MASTER_PORT", "70000", "`MASTER_PORT`"),
-            ("MASTER_PORT", "", "`MASTER_PORT`"),
-            ("MASTER_ADDR", "", "`MASTER_ADDR`"),
-        ] {
-            let e = with(k, v);
-            assert!(
-                e.is_usage() && e.to_string().contains(needle),
-                "{k}={v}: {e}"
-            );
-        }
-    }
 
     #[test]
     fn nccl_needs_a_gpu() {

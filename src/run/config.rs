@@ -13,6 +13,19 @@ use crate::error::{Error, Result};
 use crate::loss::LossConfig;
 use crate::model::{EncoderConfig, HeadKind, ResNetConfig, Stem};
 
+/// Whether `eqco pretrain` continues a run it finds in `--out` (the `resume`
+/// key, or `--resume auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResumeMode {
+    /// A folder that holds a run is refused (continue it with `--resume DIR`).
+    #[default]
+    Never,
+    /// Continue from the newest checkpoint in `--out` when there is one,
+    /// else start fresh: what a restarted worker or a requeued job needs.
+    Auto,
+}
+
 /// The frameworks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -153,6 +166,10 @@ pub struct PretrainConfig {
     /// Seconds any wait on another process may take (rendezvous and every
     /// collective) before the job ends with an error.
     pub dist_timeout: f64,
+    /// `never` or `auto`: continue from the newest checkpoint in `--out`
+    /// when there is one (torchrun restarts and requeued SLURM jobs do so
+    /// whatever this says).
+    pub resume: ResumeMode,
 }
 
 fn alpha_or_none<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
@@ -223,6 +240,7 @@ impl Default for PretrainConfig {
             bn: None,
             dist_backend: Backend::Auto,
             dist_timeout: 1800.0,
+            resume: ResumeMode::Never,
         }
     }
 }

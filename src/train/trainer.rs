@@ -11,7 +11,7 @@ use tch::{Device, Tensor};
 
 use super::pending::{Pending, PendingStep};
 use super::schedule::learning_rate;
-use crate::data::{Dataset, Loader, LoaderConfig, Recipe};
+use crate::data::{Dataset, Loader, LoaderConfig, Recipe, TwoViewBatch};
 use crate::device::Compute;
 use crate::dist::World;
 use crate::error::{Error, Result};
@@ -91,76 +91,181 @@ pub struct Summary {
 /// Gradients are averaged over ranks in flat buckets of at most this size.
 const GRADIENT_BUCKET_BYTES: usize = 25 << 20;
 
-/// Runs (or resumes) a pretraining run; returns its summary.
+/// Runs (or resumes) a pretraining run; returns its summary. The loop reads
+/// like moco's `main_moco.py`: set up, restore, then for every batch a step,
+/// the figures logged, the monitor and the checkpoint when due.
 pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
-    let start = Instant::now();
-    let (compute, precision, warning) =
-        Compute::resolve(cfg.precision, cfg.memory_format, opts.device);
-    if let Some(w) = warning {
-        eprintln!("warning: {w}");
-    }
-    if opts.device.is_cuda() {
-        // cuDNN times its algorithms for each new shape and keeps the
-        // fastest; the choice can vary between runs, so results are not
-        // bit-exact across runs on a GPU (they are not anyway).
-        tch::Cuda::cudnn_set_benchmark(cfg.cudnn_benchmark);
-    }
-    let world = &opts.world;
-    cfg.validate_world(world.size)?;
-    // Rank 0 alone writes the run's files; every rank reads them.
-    let main = world.is_main();
-    let out = &opts.out;
-    if main {
-        crate::io::create_dir(out)?;
-    }
-    let ckpt_dir = out.join("checkpoints");
-    tch::set_num_threads(opts.threads as i32);
+    let mut trainer = Trainer::setup(cfg, opts)?;
+    trainer.restore()?;
+    trainer.announce()?;
+    trainer.train()?;
+    trainer.finish()
+}
 
-    let dataset = Arc::new(open_dataset(cfg)?);
-    let recipe = recipe_for(cfg, &dataset, cfg.augment)?;
-    let (size, channels) = (recipe.size(), recipe.channels);
-    let images = training_images(cfg, dataset.len());
-    let n_images = images.len();
-    let loader_threads = cfg.loader_threads.unwrap_or(opts.threads);
-    let loader = Loader::with_images(
-        dataset.clone(),
-        recipe,
-        LoaderConfig {
-            batch_size: cfg.batch_size,
-            threads: loader_threads,
-            seed: cfg.seed,
-            device: opts.device,
-            channels_last: compute.channels_last,
-            staging_mib: cfg.pinned_memory_mib,
-            shard: (world.rank, world.size),
-            ..Default::default()
-        },
-        images,
-    )?;
-    let steps_per_epoch = loader.batches_per_epoch();
-    let monitor = if cfg.knn_every > 0 && main {
-        Some(KnnMonitor::new(
+/// One run in progress: what it trains, on what, and where it stands.
+struct Trainer<'a> {
+    cfg: &'a PretrainConfig,
+    opts: &'a TrainOptions,
+    /// When this invocation began.
+    start: Instant,
+    compute: Compute,
+    /// The precision used, and why.
+    precision: String,
+    /// Whether this process writes the run's files (rank 0).
+    main: bool,
+    ckpt_dir: PathBuf,
+    loader: Loader,
+    monitor: Option<KnnMonitor>,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    n_images: usize,
+    method: Box<dyn method::Method>,
+    sgd: Sgd,
+    pos: Position,
+    record: Record,
+    pending: Pending,
+    last_ckpt: PathBuf,
+    /// The step of the newest checkpoint: the same on every rank (a look at
+    /// the file system would race with rank 0 writing it).
+    saved: Option<u64>,
+    /// Time the training loop spent waiting for the loader.
+    data_wait: Duration,
+    /// When the training loop began.
+    loop_start: Instant,
+}
+
+impl<'a> Trainer<'a> {
+    /// The device, the run folder, the data, the monitor, the method and
+    /// its optimizer, at step 0.
+    fn setup(cfg: &'a PretrainConfig, opts: &'a TrainOptions) -> Result<Trainer<'a>> {
+        let start = Instant::now();
+        let (compute, precision, warning) =
+            Compute::resolve(cfg.precision, cfg.memory_format, opts.device);
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+        if opts.device.is_cuda() {
+            // cuDNN times its algorithms for each new shape and keeps the
+            // fastest; the choice can vary between runs, so results are not
+            // bit-exact across runs on a GPU (they are not anyway).
+            tch::Cuda::cudnn_set_benchmark(cfg.cudnn_benchmark);
+        }
+        let world = &opts.world;
+        cfg.validate_world(world.size)?;
+        // Rank 0 alone writes the run's files; every rank reads them.
+        let main = world.is_main();
+        if main {
+            crate::io::create_dir(&opts.out)?;
+        }
+        tch::set_num_threads(opts.threads as i32);
+
+        let dataset = Arc::new(open_dataset(cfg)?);
+        let recipe = recipe_for(cfg, &dataset, cfg.augment)?;
+        let channels = recipe.channels;
+        let images = training_images(cfg, dataset.len());
+        let n_images = images.len();
+        let loader_threads = cfg.loader_threads.unwrap_or(opts.threads);
+        let loader = Loader::with_images(
+            dataset.clone(),
+            recipe,
+            LoaderConfig {
+                batch_size: cfg.batch_size,
+                threads: loader_threads,
+                seed: cfg.seed,
+                device: opts.device,
+                channels_last: compute.channels_last,
+                staging_mib: cfg.pinned_memory_mib,
+                shard: (world.rank, world.size),
+                ..Default::default()
+            },
+            images,
+        )?;
+        let steps_per_epoch = loader.batches_per_epoch();
+        let monitor = if cfg.knn_every > 0 && main {
+            Some(KnnMonitor::new(
+                cfg,
+                &dataset,
+                loader.recipe(),
+                loader.images(),
+                loader_threads,
+            )?)
+        } else {
+            None
+        };
+        let total_steps = (cfg.epochs * steps_per_epoch).min(cfg.max_steps.unwrap_or(usize::MAX));
+        let method = method::build(cfg, channels, dataset.classes.len(), compute, world)?;
+        let sgd = Sgd::new(method.query(), cfg.momentum, cfg.weight_decay);
+        let ckpt_dir = opts.out.join("checkpoints");
+        Ok(Trainer {
             cfg,
-            &dataset,
-            loader.recipe(),
-            loader.images(),
-            loader_threads,
-        )?)
-    } else {
-        None
-    };
-    let total_steps = (cfg.epochs * steps_per_epoch).min(cfg.max_steps.unwrap_or(usize::MAX));
+            opts,
+            start,
+            compute,
+            precision,
+            main,
+            last_ckpt: checkpoint::latest_path(&ckpt_dir),
+            ckpt_dir,
+            loader,
+            monitor,
+            steps_per_epoch,
+            total_steps,
+            n_images,
+            method,
+            sgd,
+            pos: Position {
+                step: 0,
+                epoch: 0,
+                batch: 0,
+            },
+            record: Record::new(None, opts.progress && main, total_steps, 0),
+            pending: Pending::new(
+                cfg.log_every(opts.device),
+                cfg.batch_size,
+                world.group().cloned(),
+            ),
+            saved: None,
+            data_wait: Duration::ZERO,
+            loop_start: Instant::now(),
+        })
+    }
 
-    let mut method = method::build(cfg, channels, dataset.classes.len(), compute, world)?;
-    let mut sgd = Sgd::new(method.query(), cfg.momentum, cfg.weight_decay);
-    let mut pos = Position {
-        step: 0,
-        epoch: 0,
-        batch: 0,
-    };
-    if opts.resume {
-        let latest = checkpoint::latest_path(&ckpt_dir);
-        let (state, p) = checkpoint::load(&latest)?;
+    /// When resuming, the state of the latest checkpoint; then every rank
+    /// takes rank 0's, and rank 0 opens the run's files.
+    fn restore(&mut self) -> Result<()> {
+        if self.opts.resume {
+            self.load_latest()?;
+        }
+        if let Some(group) = self.opts.world.group() {
+            // Every rank starts (and resumes) from rank 0's weights, buffers,
+            // queue and optimizer state.
+            let mut state: Vec<Tensor> = named("query.", self.method.query())
+                .into_iter()
+                .chain(self.method.state())
+                .chain(self.sgd.state())
+                .map(|(_, t)| t)
+                .collect();
+            state.retain(|t| t.dim() > 0);
+            group.broadcast_all(&state, 0)?;
+        }
+        if self.main {
+            let out = &self.opts.out;
+            atomic_write(&out.join("config.toml"), self.cfg.to_toml().as_bytes())?;
+            // A resumed run keeps the lines of the steps it continues from;
+            // a fresh start in a folder whose run never reached a checkpoint
+            // (a restart) drops them.
+            let path = out.join("metrics.jsonl");
+            let keep = (self.opts.resume || path.is_file()).then_some(self.pos.step);
+            self.record.metrics = Some(MetricsWriter::open(&path, keep)?);
+        }
+        self.record.bar.set_position(self.pos.step);
+        Ok(())
+    }
+
+    /// Loads `latest.safetensors` into the method and the optimizer.
+    fn load_latest(&mut self) -> Result<()> {
+        let latest = checkpoint::latest_path(&self.ckpt_dir);
+        let (state, pos) = checkpoint::load(&latest)?;
+        let (method, sgd) = (&mut self.method, &mut self.sgd);
         let mut restore = || -> Result<()> {
             load_named("query.", method.query(), &state)?;
             method.load_state(&state)?;
@@ -170,259 +275,273 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
             path: latest.clone(),
             message: format!("does not fit this configuration: {e}"),
         })?;
-        pos = p;
-        if main {
+        self.pos = pos;
+        self.saved = Some(pos.step);
+        if self.main {
             eprintln!(
                 "pretrain: resuming {} at step {} (epoch {}, batch {})",
-                out.display(),
+                self.opts.out.display(),
                 pos.step,
                 pos.epoch,
                 pos.batch
             );
         }
+        Ok(())
     }
-    if let Some(group) = world.group() {
-        // Every rank starts (and resumes) from rank 0's weights, buffers,
-        // queue and optimizer state.
-        let mut state: Vec<Tensor> = named("query.", method.query())
-            .into_iter()
-            .chain(method.state())
-            .chain(sgd.state())
-            .map(|(_, t)| t)
-            .collect();
-        state.retain(|t| t.dim() > 0);
-        group.broadcast_all(&state, 0)?;
-    }
-    let metrics = if main {
-        atomic_write(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-        Some(MetricsWriter::open(
-            &out.join("metrics.jsonl"),
-            opts.resume.then_some(pos.step),
-        )?)
-    } else {
-        None
-    };
 
-    let k = cfg.k();
-    let say = |line: String| {
-        if main {
-            eprintln!("{line}");
+    /// Rank 0 says what the run trains, how, and on what.
+    fn announce(&self) -> Result<()> {
+        if !self.main {
+            return Ok(());
         }
-    };
-    say(format!(
-        "pretrain: {:?} on {} images ({}×{}×{}), {} {}×{}, {}, N = {}, lr = {} × {}/256 = {:.4}, {} steps, {:?}",
-        cfg.method,
-        n_images,
-        size,
-        size,
-        channels,
-        cfg.backbone,
-        cfg.width,
-        match cfg.stem {
-            crate::model::Stem::Small => "small stem",
-            crate::model::Stem::Imagenet => "imagenet stem",
-        },
-        match (cfg.method, cfg.alpha) {
-            (MethodName::Supervised, _) => "cross-entropy on the labels".to_string(),
-            (_, None) => format!("K = {k}, InfoNCE"),
-            (_, Some(a)) => format!("K = {k}, EqCo α = {a}"),
-        },
-        cfg.batch_size,
-        cfg.lr,
-        cfg.batch_size,
-        cfg.scaled_lr(),
-        total_steps,
-        opts.device,
-    ));
-    say(format!(
-        "precision: {precision}; memory format: {}",
-        if compute.channels_last {
-            "channels-last"
-        } else {
-            "contiguous (NCHW)"
+        let (cfg, opts) = (self.cfg, self.opts);
+        let recipe = self.loader.recipe();
+        eprintln!(
+            "pretrain: {:?} on {} images ({}×{}×{}), {} {}×{}, {}, N = {}, lr = {} × {}/256 = {:.4}, {} steps, {:?}",
+            cfg.method,
+            self.n_images,
+            recipe.size(),
+            recipe.size(),
+            recipe.channels,
+            cfg.backbone,
+            cfg.width,
+            match cfg.stem {
+                crate::model::Stem::Small => "small stem",
+                crate::model::Stem::Imagenet => "imagenet stem",
+            },
+            match (cfg.method, cfg.alpha) {
+                (MethodName::Supervised, _) => "cross-entropy on the labels".to_string(),
+                (_, None) => format!("K = {}, InfoNCE", cfg.k()),
+                (_, Some(a)) => format!("K = {}, EqCo α = {a}", cfg.k()),
+            },
+            cfg.batch_size,
+            cfg.lr,
+            cfg.batch_size,
+            cfg.scaled_lr(),
+            self.total_steps,
+            opts.device,
+        );
+        eprintln!(
+            "precision: {}; memory format: {}",
+            self.precision,
+            if self.compute.channels_last {
+                "channels-last"
+            } else {
+                "contiguous (NCHW)"
+            }
+        );
+        if opts.device.is_cuda() {
+            eprintln!(
+                "pinned batch pool: {} (pinned_memory_mib = {}); figures read every {} steps",
+                self.loader.staging_plan(2)?,
+                cfg.pinned_memory_mib,
+                cfg.log_every(opts.device)
+            );
         }
-    ));
-    if opts.device.is_cuda() {
-        say(format!(
-            "pinned batch pool: {} (pinned_memory_mib = {}); figures read every {} steps",
-            loader.staging_plan(2)?,
-            cfg.pinned_memory_mib,
-            cfg.log_every(opts.device)
-        ));
-    }
-    if world.size > 1 {
-        say(format!(
-            "data parallel: {} processes, {} images each per step, BN {:?}",
-            world.size,
-            cfg.batch_size / world.size,
-            cfg.bn()
-        ));
+        let world = &opts.world;
+        if world.size > 1 {
+            eprintln!(
+                "data parallel: {} processes, {} images each per step, BN {:?}",
+                world.size,
+                cfg.batch_size / world.size,
+                cfg.bn()
+            );
+        }
+        Ok(())
     }
 
-    // Rank 0 writes the checkpoint; every rank waits until it is written.
-    let save = |method: &dyn method::Method, sgd: &Sgd, pos: Position| -> Result<PathBuf> {
-        let path = if main {
-            let mut tensors = named("query.", method.query());
-            tensors.extend(method.state());
-            tensors.extend(sgd.state());
-            checkpoint::save(&ckpt_dir, pos, tensors)?
-        } else {
-            checkpoint::step_path(&ckpt_dir, pos.step)
-        };
-        world.barrier()?;
-        Ok(path)
-    };
+    /// Every epoch from where the run stands, until `total_steps`; then the
+    /// last figures and a final checkpoint.
+    fn train(&mut self) -> Result<()> {
+        self.loop_start = Instant::now();
+        for epoch in self.pos.epoch..self.cfg.epochs as u64 {
+            if !self.epoch(epoch)? {
+                break;
+            }
+            // The epoch is complete: continue with the next one.
+            self.pos = Position {
+                step: self.pos.step,
+                epoch: epoch + 1,
+                batch: 0,
+            };
+            self.log()?;
+            self.checkpoint()?;
+        }
+        self.log()?;
+        if self.saved != Some(self.pos.step) {
+            self.checkpoint()?;
+        }
+        self.record.bar.finish_and_clear();
+        Ok(())
+    }
 
-    let mut record = Record::new(metrics, opts.progress && main, total_steps, pos.step);
-    let mut pending = Pending::new(
-        cfg.log_every(opts.device),
-        cfg.batch_size,
-        world.group().cloned(),
-    );
-    let mut last_ckpt = checkpoint::latest_path(&ckpt_dir);
-    // The step of the newest checkpoint: the same on every rank (a look at
-    // the file system would race with rank 0 writing it).
-    let mut saved = opts.resume.then_some(pos.step);
-    // Time the training loop spent waiting for the loader.
-    let mut data_wait = Duration::ZERO;
-    let loop_start = Instant::now();
-    'epochs: for epoch in pos.epoch..cfg.epochs as u64 {
-        let first = if epoch == pos.epoch {
-            pos.batch as usize
+    /// The batches of `epoch` from where the run stands; false when the run
+    /// reached `total_steps` before the epoch's end.
+    fn epoch(&mut self, epoch: u64) -> Result<bool> {
+        let first = if epoch == self.pos.epoch {
+            self.pos.batch as usize
         } else {
             0
         };
-        let mut batches = loader.epoch_from(epoch, first);
-        for b in 0.. {
-            let Some(batch) = batches.next() else {
-                data_wait += batches.waited();
-                break;
-            };
-            if pos.step as usize >= total_steps {
-                data_wait += batches.waited();
-                break 'epochs;
+        let mut batches = self.loader.epoch_from(epoch, first);
+        let mut done = first;
+        while let Some(batch) = batches.next() {
+            if self.pos.step as usize >= self.total_steps {
+                self.data_wait += batches.waited();
+                return Ok(false);
             }
-            let batch = batch?;
-            let lr = learning_rate(cfg, pos.step as usize, steps_per_epoch);
-            let out = method.forward(&batch, pos.step)?;
-            world.check()?;
-            sgd.zero_grad();
-            out.loss
-                .f_backward()
-                .map_err(|e| match (world.check(), world.group()) {
-                    (Err(dist), _) => dist,
-                    // Backward's collectives (gather, SyncBN) failed.
-                    (Ok(()), Some(g)) => Error::Dist(format!("rank {}: backward: {e}", g.rank)),
-                    (Ok(()), None) => Error::from(e),
-                })?;
-            if let Some(group) = world.group() {
-                group.average(&sgd.gradients(), GRADIENT_BUCKET_BYTES)?;
+            done += 1;
+            self.step(&batch?, epoch, done)?;
+            if done == self.steps_per_epoch {
+                self.evaluate(epoch)?;
             }
-            sgd.step(lr);
-            pos = Position {
-                step: pos.step + 1,
-                epoch,
-                batch: (first + b + 1) as u64,
-            };
-            pending.push(PendingStep {
-                step: pos.step,
-                epoch,
-                lr,
-                k: k as u64,
-                loss: out.loss.detach(),
-                mi_bound_offset: out.mi_bound_offset,
-                grad_norm_q: out.grad_norm_q,
-                knn_top1: None,
-            });
-            record.bar.set_position(pos.step);
-            let epoch_done = first + b + 1 == steps_per_epoch;
-            if cfg.knn_every > 0 && epoch_done && (epoch + 1) % cfg.knn_every as u64 == 0 {
-                // Rank 0 runs the monitor; the others wait for it.
-                if let Some(mon) = &monitor {
-                    let acc = mon.top1(method.backbone(), compute)?;
-                    if let Some(last) = pending.last_mut() {
-                        last.knn_top1 = Some(acc);
-                    }
-                }
-                world.barrier()?;
-            }
-            let checkpoint_due =
-                cfg.checkpoint_every > 0 && pos.step % cfg.checkpoint_every as u64 == 0;
+            let checkpoint_due = self.cfg.checkpoint_every > 0
+                && self.pos.step % self.cfg.checkpoint_every as u64 == 0;
             // Read before a checkpoint, so that none is written after a NaN.
-            if pending.is_due() || checkpoint_due {
-                record.write(&mut pending, &last_ckpt)?;
+            if self.pending.is_due() || checkpoint_due {
+                self.log()?;
             }
             if checkpoint_due {
-                last_ckpt = save(method.as_ref(), &sgd, pos)?;
-                saved = Some(pos.step);
+                self.checkpoint()?;
             }
         }
-        // The epoch is complete: continue with the next one.
-        pos = Position {
-            step: pos.step,
-            epoch: epoch + 1,
-            batch: 0,
-        };
-        record.write(&mut pending, &last_ckpt)?;
-        last_ckpt = save(method.as_ref(), &sgd, pos)?;
-        saved = Some(pos.step);
+        self.data_wait += batches.waited();
+        Ok(true)
     }
-    record.write(&mut pending, &last_ckpt)?;
-    if saved != Some(pos.step) {
-        last_ckpt = save(method.as_ref(), &sgd, pos)?;
-    }
-    record.bar.finish_and_clear();
-    let loop_seconds = loop_start.elapsed().as_secs_f64();
-    let (img_per_s_sum, steps_run) = (record.img_per_s_sum, record.steps);
-    let comm_share = world.comm_seconds() / loop_seconds.max(1e-9);
 
-    // Rank 0 has the whole record (a resumed run's earlier steps too); the
-    // others, this invocation's steps.
-    let all = if main {
-        let all = crate::run::metrics::read(&out.join("metrics.jsonl"))?;
-        super::plots::write(&out.join("plots"), &all)?;
-        all
-    } else {
-        std::mem::take(&mut record.lines)
-    };
-    let last = all.last();
-    let supervised = cfg.method == MethodName::Supervised;
-    let summary = Summary {
-        method: format!("{:?}", cfg.method).to_lowercase(),
-        k,
-        alpha: cfg.alpha.filter(|_| !supervised),
-        lr_scaled: cfg.scaled_lr(),
-        steps: pos.step,
-        epochs: pos.epoch,
-        images: n_images,
-        final_loss: last.map_or(f64::NAN, |m| m.loss),
-        final_mi_bound: last.map_or(f64::NAN, |m| m.mi_bound),
-        mi_bound_last10pct: tail_mean(&all, |m| m.mi_bound),
-        grad_norm_q_last10pct: tail_mean(&all, |m| m.grad_norm_q),
-        img_per_s: if steps_run == 0 {
-            0.0
-        } else {
-            img_per_s_sum / steps_run as f64
-        },
-        wall_seconds: start.elapsed().as_secs_f64(),
-        data_wait_share: if loop_seconds > 0.0 {
-            data_wait.as_secs_f64() / loop_seconds
-        } else {
-            0.0
-        },
-        precision: precision.clone(),
-        memory_format: cfg.memory_format,
-        device_reads: pending.reads(),
-        processes: world.size,
-        comm_share,
-        checkpoint: last_ckpt,
-    };
-    if main {
-        let text = serde_json::to_string_pretty(&summary).expect("plain data");
-        atomic_write(&out.join("summary.json"), text.as_bytes())?;
+    /// One optimizer step on `batch`, the `done`-th of `epoch`: forward,
+    /// backward, gradients averaged over ranks, SGD; its figures wait in
+    /// `pending` until read.
+    fn step(&mut self, batch: &TwoViewBatch, epoch: u64, done: usize) -> Result<()> {
+        let world = &self.opts.world;
+        let lr = learning_rate(self.cfg, self.pos.step as usize, self.steps_per_epoch);
+        let out = self.method.forward(batch, self.pos.step)?;
+        world.check()?;
+        self.sgd.zero_grad();
+        out.loss
+            .f_backward()
+            .map_err(|e| match (world.check(), world.group()) {
+                (Err(dist), _) => dist,
+                // Backward's collectives (gather, SyncBN) failed.
+                (Ok(()), Some(g)) => Error::Dist(format!("rank {}: backward: {e}", g.rank)),
+                (Ok(()), None) => Error::from(e),
+            })?;
+        if let Some(group) = world.group() {
+            group.average(&self.sgd.gradients(), GRADIENT_BUCKET_BYTES)?;
+        }
+        self.sgd.step(lr);
+        self.pos = Position {
+            step: self.pos.step + 1,
+            epoch,
+            batch: done as u64,
+        };
+        self.pending.push(PendingStep {
+            step: self.pos.step,
+            epoch,
+            lr,
+            k: self.cfg.k() as u64,
+            loss: out.loss.detach(),
+            mi_bound_offset: out.mi_bound_offset,
+            grad_norm_q: out.grad_norm_q,
+            knn_top1: None,
+        });
+        self.record.bar.set_position(self.pos.step);
+        Ok(())
     }
-    world.barrier()?;
-    Ok(summary)
+
+    /// The steps' figures read and recorded (see [`Record::write`]).
+    fn log(&mut self) -> Result<()> {
+        self.record.write(&mut self.pending, &self.last_ckpt)
+    }
+
+    /// At the end of `epoch`, the kNN monitor when due: rank 0 runs it, the
+    /// others wait for it.
+    fn evaluate(&mut self, epoch: u64) -> Result<()> {
+        let every = self.cfg.knn_every as u64;
+        if every == 0 || (epoch + 1) % every != 0 {
+            return Ok(());
+        }
+        if let Some(mon) = &self.monitor {
+            let acc = mon.top1(self.method.backbone(), self.compute)?;
+            if let Some(last) = self.pending.last_mut() {
+                last.knn_top1 = Some(acc);
+            }
+        }
+        self.opts.world.barrier()
+    }
+
+    /// Rank 0 writes a checkpoint of where the run stands; every rank waits
+    /// until it is written.
+    fn checkpoint(&mut self) -> Result<()> {
+        let path = if self.main {
+            let mut tensors = named("query.", self.method.query());
+            tensors.extend(self.method.state());
+            tensors.extend(self.sgd.state());
+            checkpoint::save(&self.ckpt_dir, self.pos, tensors)?
+        } else {
+            checkpoint::step_path(&self.ckpt_dir, self.pos.step)
+        };
+        self.opts.world.barrier()?;
+        self.last_ckpt = path;
+        self.saved = Some(self.pos.step);
+        Ok(())
+    }
+
+    /// Plots and `summary.json` (rank 0), once every rank is done.
+    fn finish(mut self) -> Result<Summary> {
+        let (cfg, opts, world) = (self.cfg, self.opts, &self.opts.world);
+        let loop_seconds = self.loop_start.elapsed().as_secs_f64();
+        let (img_per_s_sum, steps_run) = (self.record.img_per_s_sum, self.record.steps);
+        let comm_share = world.comm_seconds() / loop_seconds.max(1e-9);
+        let out = &opts.out;
+        // Rank 0 has the whole record (a resumed run's earlier steps too);
+        // the others, this invocation's steps.
+        let all = if self.main {
+            let all = crate::run::metrics::read(&out.join("metrics.jsonl"))?;
+            super::plots::write(&out.join("plots"), &all)?;
+            all
+        } else {
+            std::mem::take(&mut self.record.lines)
+        };
+        let last = all.last();
+        let supervised = cfg.method == MethodName::Supervised;
+        let summary = Summary {
+            method: format!("{:?}", cfg.method).to_lowercase(),
+            k: cfg.k(),
+            alpha: cfg.alpha.filter(|_| !supervised),
+            lr_scaled: cfg.scaled_lr(),
+            steps: self.pos.step,
+            epochs: self.pos.epoch,
+            images: self.n_images,
+            final_loss: last.map_or(f64::NAN, |m| m.loss),
+            final_mi_bound: last.map_or(f64::NAN, |m| m.mi_bound),
+            mi_bound_last10pct: tail_mean(&all, |m| m.mi_bound),
+            grad_norm_q_last10pct: tail_mean(&all, |m| m.grad_norm_q),
+            img_per_s: if steps_run == 0 {
+                0.0
+            } else {
+                img_per_s_sum / steps_run as f64
+            },
+            wall_seconds: self.start.elapsed().as_secs_f64(),
+            data_wait_share: if loop_seconds > 0.0 {
+                self.data_wait.as_secs_f64() / loop_seconds
+            } else {
+                0.0
+            },
+            precision: self.precision.clone(),
+            memory_format: cfg.memory_format,
+            device_reads: self.pending.reads(),
+            processes: world.size,
+            comm_share,
+            checkpoint: self.last_ckpt.clone(),
+        };
+        if self.main {
+            let text = serde_json::to_string_pretty(&summary).expect("plain data");
+            atomic_write(&out.join("summary.json"), text.as_bytes())?;
+        }
+        world.barrier()?;
+        Ok(summary)
+    }
 }
 
 /// Where the steps' figures go once read: `metrics.jsonl`, the progress bar
