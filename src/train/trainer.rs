@@ -195,9 +195,11 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
     }
     let metrics = if main {
         atomic_write(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-        Some(MetricsWriter::open(
-            &out.join("metrics.jsonl"),
+        Some(super::events::open_metrics(
+            cfg,
+            out,
             opts.resume.then_some(pos.step),
+            &loader,
         )?)
     } else {
         None
@@ -333,6 +335,7 @@ pub fn pretrain(cfg: &PretrainConfig, opts: &TrainOptions) -> Result<Summary> {
                 mi_bound_offset: out.mi_bound_offset,
                 grad_norm_q: out.grad_norm_q,
                 knn_top1: None,
+                waited: data_wait + batches.waited(),
             });
             record.bar.set_position(pos.step);
             let epoch_done = first + b + 1 == steps_per_epoch;
