@@ -321,11 +321,57 @@ pub fn check_out(out: &Path) -> Result<OutputFormat> {
     let format = OutputFormat::of(out)?;
     let dir = parent(out);
     crate::io::create_dir(dir)?;
-    tempfile::Builder::new()
-        .prefix(".eqco-embed-probe.")
-        .tempfile_in(dir)
+    let probe = temp_beside(out, "probe");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
         .map_err(|e| Error::io(dir, e))?;
+    let _ = std::fs::remove_file(&probe);
     Ok(format)
+}
+
+/// `.<name>.<pid>.<what>` beside `target`.
+fn temp_beside(target: &Path, what: &str) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.{}.{what}", std::process::id()))
+}
+
+/// Files written under temporary names, renamed to their targets together
+/// by [`Staged::commit`]; whatever is not committed is removed on drop.
+#[derive(Default)]
+struct Staged {
+    files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Staged {
+    /// The temporary name to write `target`'s content to.
+    fn path(&mut self, target: &Path) -> PathBuf {
+        let tmp = temp_beside(target, "tmp");
+        self.files.push((tmp.clone(), target.to_path_buf()));
+        tmp
+    }
+
+    /// Renames every file to its target, in the order they were staged.
+    fn commit(mut self) -> Result<()> {
+        while !self.files.is_empty() {
+            let (tmp, target) = &self.files[0];
+            std::fs::rename(tmp, target).map_err(|e| Error::io(target, e))?;
+            self.files.remove(0);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.files {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 fn parent(path: &Path) -> &Path {
@@ -347,28 +393,12 @@ impl Embeddings {
     /// leaves no partial file and `out` never appears without its sidecars.
     pub fn write(&self, out: &Path, format: OutputFormat) -> Result<()> {
         let (rows_file, info_file) = sidecars(out);
-        let dir = parent(out);
-        let mut staged = Vec::new();
-        let mut stage = |target: &Path, write: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
-            let tmp = tempfile::Builder::new()
-                .prefix(".eqco-embed.")
-                .suffix(".tmp")
-                .tempfile_in(dir)
-                .map_err(|e| Error::io(dir, e))?
-                .into_temp_path();
-            write(&tmp)?;
-            staged.push((tmp, target.to_path_buf()));
-            Ok(())
-        };
-        stage(&rows_file, &|p| write_bytes(p, &self.rows_csv()?))?;
+        let mut staged = Staged::default();
+        write_bytes(&staged.path(&rows_file), &self.rows_csv()?)?;
         let info = serde_json::to_string_pretty(&self.info).expect("plain data");
-        stage(&info_file, &|p| write_bytes(p, info.as_bytes()))?;
-        stage(out, &|p| self.write_values(p, format))?;
-        for (tmp, target) in staged {
-            tmp.persist(&target)
-                .map_err(|e| Error::io(&target, e.error))?;
-        }
-        Ok(())
+        write_bytes(&staged.path(&info_file), info.as_bytes())?;
+        self.write_values(&staged.path(out), format)?;
+        staged.commit()
     }
 
     fn write_values(&self, path: &Path, format: OutputFormat) -> Result<()> {

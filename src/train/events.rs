@@ -33,6 +33,15 @@ pub fn open_metrics(
     }
     let restart = resumed_at.map(|s| s + 1);
     let mut tb = EventFile::create(out, restart)?;
+    let logdir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(out);
+    eprintln!(
+        "tensorboard: {} (watch the run: tensorboard --logdir {})",
+        tb.path().display(),
+        logdir.display()
+    );
     tb.text(
         tags::CONFIG,
         restart.unwrap_or(0),
