@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Exports ResNet-18 (ImageNet stem, 3 channels; small stem, 1 channel) and
 # ResNet-50 backbones after one pretraining step each, and loads every file
-# into torchvision with strict=True (scripts/check_export.py). torchvision is
-# installed into the project's venv for this check only.
+# into torchvision with strict=True (scripts/check_export.py). setup.sh installs
+# torchvision (pinned) into the project's venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-python -c "import torchvision" 2>/dev/null || pip install --quiet torchvision==0.26.0
+bash scripts/setup.sh
 cargo build --release --locked --bin eqco
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

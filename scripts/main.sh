@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, from a fresh machine: set-up (venv with torch, Fashion-MNIST),
 # release build, then self-supervised pretraining with the default preset
-# (fmnist-simo: SiMo with EqCo on Fashion-MNIST, a few minutes on a CPU).
+# (fmnist-simo: SiMo with EqCo on Fashion-MNIST, a few minutes on a CPU),
+# then the commands to run next on its run folder.
 # Extra arguments go to `eqco pretrain` (e.g. --set k_negatives=16 --out runs/k16).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,4 +13,24 @@ out=runs/pretrain
 if [ -e "$out/metrics.jsonl" ]; then
     out="runs/pretrain-$(date +%Y%m%d-%H%M%S)"
 fi
-exec target/release/eqco pretrain --out "$out" "$@"
+# An --out among the extra arguments names the run folder instead.
+args=("$@")
+own_out=(--out "$out")
+for i in "${!args[@]}"; do
+    case "${args[$i]}" in
+        --out) out="${args[$((i + 1))]:-}"; own_out=() ;;
+        --out=*) out="${args[$i]#--out=}"; own_out=() ;;
+    esac
+done
+target/release/eqco pretrain "${own_out[@]}" "$@"
+ckpt="$out/checkpoints/latest.safetensors"
+cat <<NEXT
+
+Next, on $out:
+  target/release/eqco eval linear --checkpoint $ckpt    # linear probe -> $out/eval/linear.json
+  target/release/eqco eval knn --checkpoint $ckpt       # kNN -> $out/eval/knn.json
+  target/release/eqco report $out                       # Markdown table and plots (runs/report/)
+  target/release/eqco export --checkpoint $ckpt --out $out/backbone.safetensors
+  target/release/eqco embed --checkpoint $ckpt --split test --out $out/embeddings/test.npy
+  .venv/bin/tensorboard --logdir $(dirname "$out") --host 127.0.0.1   # the curves, view pairs and config
+NEXT

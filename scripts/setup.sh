@@ -19,6 +19,23 @@ if [ "$have" != "$TORCH_VERSION" ]; then
     "$VIRTUAL_ENV/bin/pip" install --quiet --no-input --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 
+# Python packages for the checks and tests, pinned: the TensorBoard reader
+# and server (tests/tensorboard.rs, `tensorboard --logdir runs`), torchvision's
+# ResNet (tests/embed.rs, scripts/check_export.sh; 0.26 is the release for
+# torch 2.11) and safetensors' own reader (tests/embed.rs). Installed only when
+# the pinned version is missing.
+pip_pin() {
+    local pkg=$1 version=$2 have
+    have=$("$VIRTUAL_ENV/bin/python" -c "import importlib.metadata as m; print(m.version('$pkg'))" 2>/dev/null || true)
+    if [ "$have" != "$version" ]; then
+        echo "setup: installing $pkg==$version into $VIRTUAL_ENV"
+        "$VIRTUAL_ENV/bin/pip" install --quiet --no-input --disable-pip-version-check "$pkg==$version"
+    fi
+}
+pip_pin tensorboard 2.21.0
+pip_pin torchvision 0.26.0
+pip_pin safetensors 0.8.0
+
 # Debian packages: `apt_install PACKAGE FILE` installs PACKAGE when FILE is
 # missing (apt as root, else sudo).
 apt_install() {

@@ -8,8 +8,8 @@
 //! interval and a verdict ([`paired`]).
 //!
 //! A run's evaluations are read from `<run>/eval/knn.json` and
-//! `<run>/eval/linear.json` (written by `eqco sweep`, or by `eqco eval …
-//! --out <run>/eval`).
+//! `<run>/eval/linear.json` (written by `eqco sweep`, and by `eqco eval …`
+//! on one of the run's checkpoints unless `--out` sends them elsewhere).
 
 pub mod paired;
 

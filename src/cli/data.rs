@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::CommonArgs;
 use crate::data::formats::idx::FASHION_MNIST_DEFAULT_DIR;
-use crate::data::preview::{grid, view_to_rgb};
+use crate::data::preview::view_pairs_png;
 use crate::data::{
     Cifar100Labels, Dataset, Loader, LoaderConfig, Normalize, OpenOptions, Recipe, RecipeName,
     Split,
@@ -165,30 +165,13 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let order = loader.order(0);
-    let mut rows = Vec::new();
-    for &i in order.iter().take(args.pairs) {
-        let (a, b) = loader.views(0, i)?;
-        rows.push((
-            dataset.image(i)?,
-            view_to_rgb(&a, &recipe),
-            view_to_rgb(&b, &recipe),
-        ));
-    }
-    let cell = recipe.size().max(96);
-    let png = grid(&rows, cell, if rows.len() > 6 { 2 } else { 1 });
+    let (bytes, _, _) = view_pairs_png(&loader, args.pairs)?;
     let out = args
         .common
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/inspect"));
     let file = out.join("views.png");
-    let mut bytes = Vec::new();
-    png.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .map_err(|e| Error::io(&file, std::io::Error::other(e)))?;
     atomic_write(&file, &bytes)?;
     println!(
         "wrote     {} (each row: original, view 1, view 2)",

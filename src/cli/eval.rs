@@ -52,7 +52,8 @@ pub struct KnnArgs {
     /// Use at most this many training images as the memory bank (evenly spaced).
     #[arg(long)]
     pub bank: Option<usize>,
-    /// Common options (`--out` also writes knn.json there).
+    /// Common options (`--out DIR`: write knn.json there instead of into
+    /// the checkpoint's run folder, `<run>/eval/`).
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -88,7 +89,8 @@ pub struct LinearArgs {
     /// Train the classifier on a random subset of this many training images.
     #[arg(long)]
     pub max_images: Option<usize>,
-    /// Common options (`--out` also writes linear.json there).
+    /// Common options (`--out DIR`: write linear.json there instead of into
+    /// the checkpoint's run folder, `<run>/eval/`).
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -113,14 +115,45 @@ fn load(source: &Source, common: &CommonArgs) -> anyhow::Result<Frozen> {
     )?)
 }
 
-/// Writes `value` as pretty JSON to `<out>/<name>` when `--out` is given.
-fn write_json(out: Option<&Path>, name: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    if let Some(out) = out {
-        crate::io::create_dir(out)?;
-        let text = serde_json::to_string_pretty(value)?;
-        atomic_write(&out.join(name), text.as_bytes())?;
-        println!("wrote {}", out.join(name).display());
+/// Where an evaluation's `<name>.json` goes: into `--out` when given, else
+/// into the checkpoint's run folder, `<run>/eval/`, where `eqco report <run>`
+/// reads it. An evaluation on another `--dataset` without `--out` is written
+/// as `<name>-<dataset folder>.json` there, so that it does not stand in for
+/// the run's own.
+pub fn eval_file(source: &Source, out: Option<&Path>, name: &str) -> PathBuf {
+    let file = match &source.dataset {
+        None => format!("{name}.json"),
+        Some(_) if out.is_some() => format!("{name}.json"),
+        Some(d) => {
+            let folder = d
+                .canonicalize()
+                .unwrap_or_else(|_| d.clone())
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "dataset".into());
+            format!("{name}-{folder}.json")
+        }
+    };
+    match out {
+        Some(dir) => dir.join(file),
+        None => run_dir(&source.checkpoint).join("eval").join(file),
     }
+}
+
+/// The run folder of a checkpoint `<run>/checkpoints/<file>`.
+fn run_dir(checkpoint: &Path) -> PathBuf {
+    checkpoint
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Writes `value` as pretty JSON to `file` (atomically, its folder created).
+fn write_json(file: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    atomic_write(file, text.as_bytes())?;
+    println!("wrote {}", file.display());
     Ok(())
 }
 
@@ -177,7 +210,8 @@ fn knn(args: KnnArgs) -> anyhow::Result<()> {
     };
     let report = evaluate_knn(&frozen, settings).map_err(as_flag)?;
     println!("{}", knn_line(&report));
-    write_json(args.common.out.as_deref(), "knn.json", &report)
+    let file = eval_file(&args.source, args.common.out.as_deref(), "knn");
+    write_json(&file, &report)
 }
 
 fn linear(args: LinearArgs) -> anyhow::Result<()> {
@@ -197,5 +231,6 @@ fn linear(args: LinearArgs) -> anyhow::Result<()> {
     let frozen = load(&args.source, &args.common)?;
     let report = evaluate_linear(&frozen, &settings).map_err(as_flag)?;
     println!("{}", linear_line(&report));
-    write_json(args.common.out.as_deref(), "linear.json", &report)
+    let file = eval_file(&args.source, args.common.out.as_deref(), "linear");
+    write_json(&file, &report)
 }

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod pretrain;
@@ -42,6 +43,9 @@ pub enum Command {
         #[command(subcommand)]
         which: eval::EvalCommand,
     },
+    /// Embeddings of a dataset's images from a checkpoint's frozen encoder
+    /// (.npy, .safetensors or .csv, with a sidecar naming each row).
+    Embed(embed::EmbedArgs),
     /// A grid of pretraining runs (K, α, N, method) with their evaluations,
     /// one after another and resumable, then a report.
     Sweep(sweep::SweepArgs),
@@ -99,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sweep(args) => sweep::run(args),
         Command::Report(args) => report::run(args),
         Command::Eval { which } => eval::run(which),
+        Command::Embed(args) => embed::run(args),
         Command::Export(args) => export::run(args),
         Command::Data { which } => data::run(which),
         Command::Bench { which } => bench::run(which),

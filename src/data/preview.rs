@@ -2,7 +2,8 @@
 
 use image::{imageops, RgbImage};
 
-use super::{Image, Recipe};
+use super::{Image, Loader, Recipe};
+use crate::error::{Error, Result};
 
 /// A normalised CHW view back to an RGB image (de-normalised, clamped).
 pub fn view_to_rgb(view: &[f32], recipe: &Recipe) -> RgbImage {
@@ -51,4 +52,30 @@ pub fn grid(rows: &[(Image, RgbImage, RgbImage)], cell: u32, columns: u32) -> Rg
         }
     }
     out
+}
+
+/// What `eqco data inspect` draws, as PNG bytes with the image's width and
+/// height: the first `pairs` images of `loader`'s epoch-0 order, each with
+/// the two views the loader makes of it in epoch 0 (two groups of rows side
+/// by side past 6 images).
+pub fn view_pairs_png(loader: &Loader, pairs: usize) -> Result<(Vec<u8>, u32, u32)> {
+    let recipe = loader.recipe();
+    let mut rows = Vec::new();
+    for &i in loader.order(0).iter().take(pairs) {
+        let (a, b) = loader.views(0, i)?;
+        rows.push((
+            loader.dataset().image(i)?,
+            view_to_rgb(&a, recipe),
+            view_to_rgb(&b, recipe),
+        ));
+    }
+    let cell = recipe.size().max(96);
+    let png = grid(&rows, cell, if rows.len() > 6 { 2 } else { 1 });
+    let mut bytes = Vec::new();
+    png.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| Error::Internal(format!("encoding the view grid as PNG: {e}")))?;
+    Ok((bytes, png.width(), png.height()))
 }

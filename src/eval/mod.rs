@@ -1,7 +1,8 @@
 //! Evaluation of frozen encoders read from checkpoints: feature
 //! extraction, the weighted kNN classifier (also the online monitor during
-//! pretraining) and the linear probe.
+//! pretraining), the linear probe, and embeddings of a dataset for users.
 
+pub mod embed;
 pub mod features;
 pub mod frozen;
 pub mod knn;

@@ -65,11 +65,17 @@ impl Encoder {
 
     /// L2-normalised float32 embeddings `[N, embed]` of images `[N, C, H, W]`.
     pub fn embed(&self, x: &Tensor, train: bool) -> Tensor {
+        l2_normalize(&self.project(x, train))
+    }
+
+    /// The head's float32 output `[N, embed]` of images `[N, C, H, W]`,
+    /// before the L2 normalisation.
+    pub fn project(&self, x: &Tensor, train: bool) -> Tensor {
         let z = self.compute.run(|| {
             let features = self.backbone.forward_t(&self.compute.layout(x), train);
             self.head.forward_t(&features, train)
         });
-        l2_normalize(&float32(&z))
+        float32(&z)
     }
 
     /// Embeddings of `x` computed in `groups` equal sub-batches, each with its

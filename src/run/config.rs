@@ -150,6 +150,9 @@ pub struct PretrainConfig {
     /// this many steps [default: 10 on a GPU, 1 on the CPU]; a NaN is found
     /// and named within this many steps.
     pub log_every: Option<usize>,
+    /// Write TensorBoard event files into the run folder as training goes
+    /// (every figure of `metrics.jsonl`, the view pairs, this configuration).
+    pub tensorboard: bool,
     /// On a GPU, let cuDNN time its convolution algorithms and keep the
     /// fastest (results then differ in the last bits between runs).
     pub cudnn_benchmark: bool,
@@ -235,6 +238,7 @@ impl Default for PretrainConfig {
             seed: 0,
             loader_threads: None,
             log_every: None,
+            tensorboard: true,
             cudnn_benchmark: true,
             pinned_memory_mib: 4096,
             bn: None,

@@ -1,4 +1,5 @@
-//! `metrics.jsonl`: one JSON object per optimizer step.
+//! `metrics.jsonl`: one JSON object per optimizer step, mirrored (when the
+//! run has `tensorboard = true`) into the run's TensorBoard event file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -6,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::tensorboard::{tags, EventFile};
 use crate::error::{Error, Result};
 
 /// One line of `metrics.jsonl`.
@@ -30,12 +32,42 @@ pub struct StepMetrics {
     /// kNN top-1 accuracy, on lines where the monitor ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn_top1: Option<f64>,
+    /// The share of the time since the previous read of the figures that
+    /// this process spent waiting for the loader (absent in runs made
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_wait_share: Option<f64>,
 }
 
-/// Appends metrics lines, flushing each so that a crash loses nothing.
+impl StepMetrics {
+    /// The line's figures under their TensorBoard tags (the optional ones
+    /// where present).
+    pub fn scalars(&self) -> Vec<(&'static str, f64)> {
+        let mut v = vec![
+            (tags::LOSS, self.loss),
+            (tags::MI_BOUND, self.mi_bound),
+            (tags::GRAD_NORM_Q, self.grad_norm_q),
+            (tags::LR, self.lr),
+            (tags::IMG_PER_S, self.img_per_s),
+            (tags::EPOCH, self.epoch as f64),
+            (tags::K, self.k as f64),
+        ];
+        if let Some(w) = self.data_wait_share {
+            v.push((tags::DATA_WAIT_SHARE, w));
+        }
+        if let Some(acc) = self.knn_top1 {
+            v.push((tags::KNN_TOP1, acc));
+        }
+        v
+    }
+}
+
+/// Appends metrics lines, flushing each so that a crash loses nothing, and
+/// writes the same figures to the TensorBoard event file when there is one.
 pub struct MetricsWriter {
     path: PathBuf,
     file: File,
+    tensorboard: Option<EventFile>,
 }
 
 impl MetricsWriter {
@@ -59,16 +91,36 @@ impl MetricsWriter {
         Ok(MetricsWriter {
             path: path.to_path_buf(),
             file,
+            tensorboard: None,
         })
     }
 
-    /// Appends one line.
+    /// Also writes every line's figures to the event file `tb`.
+    pub fn with_tensorboard(self, tb: EventFile) -> MetricsWriter {
+        MetricsWriter {
+            tensorboard: Some(tb),
+            ..self
+        }
+    }
+
+    /// The TensorBoard event file, if the run writes one.
+    pub fn tensorboard(&mut self) -> Option<&mut EventFile> {
+        self.tensorboard.as_mut()
+    }
+
+    /// Appends one line (and its event, written through to the file as the
+    /// line is: both are complete up to the last step whenever a checkpoint
+    /// is written).
     pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
         let line = serde_json::to_string(m).expect("plain data") + "\n";
         self.file
             .write_all(line.as_bytes())
             .and_then(|_| self.file.flush())
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(&self.path, e))?;
+        match &mut self.tensorboard {
+            Some(tb) => tb.scalars(m.step, &m.scalars()),
+            None => Ok(()),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod folder;
 pub mod metrics;
+pub mod tensorboard;
 
 pub use config::{MethodName, PretrainConfig, Schedule, PRESETS};
 pub use data::{open_dataset, recipe_for, training_images};

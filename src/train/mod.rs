@@ -2,6 +2,7 @@
 //! plots and the pretraining loop (on the run's configuration, data and
 //! checkpoints from [`crate::run`]).
 
+pub mod events;
 pub mod pending;
 pub mod plots;
 pub mod schedule;

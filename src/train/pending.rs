@@ -4,7 +4,7 @@
 //! A non-finite loss is still found, and named by its exact step, when the
 //! window is read.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
@@ -34,6 +34,9 @@ pub struct PendingStep {
     pub grad_norm_q: Tensor,
     /// The kNN monitor's top-1, when it ran after this step.
     pub knn_top1: Option<f64>,
+    /// The time the training loop has waited for the loader so far, this
+    /// step included.
+    pub waited: Duration,
 }
 
 /// A step whose loss was not finite.
@@ -55,6 +58,8 @@ pub struct Pending {
     every: usize,
     images_per_step: usize,
     since: Instant,
+    /// The loader wait up to the previous read.
+    waited: Duration,
     reads: u64,
     /// The ranks whose figures are averaged with this one's.
     group: Option<Arc<Group>>,
@@ -70,6 +75,7 @@ impl Pending {
             every: every.max(1),
             images_per_step,
             since: Instant::now(),
+            waited: Duration::ZERO,
             reads: 0,
             group,
         }
@@ -100,7 +106,8 @@ impl Pending {
     /// empties the window. Returns the metrics lines of the steps before the
     /// first non-finite loss, and that step if there is one (the steps after
     /// it are dropped). Images per second are the window's: its images over
-    /// the wall time since the previous read.
+    /// the wall time since the previous read, and so is the share of that
+    /// time spent waiting for the loader.
     pub fn read(&mut self) -> Result<(Vec<StepMetrics>, Option<NonFinite>)> {
         let steps = std::mem::take(&mut self.steps);
         if steps.is_empty() {
@@ -123,6 +130,9 @@ impl Pending {
         let seconds = now.duration_since(self.since).as_secs_f64();
         self.since = now;
         let img_per_s = (self.images_per_step * steps.len()) as f64 / seconds;
+        let waited = steps.last().map_or(self.waited, |s| s.waited);
+        let data_wait_share = waited.saturating_sub(self.waited).as_secs_f64() / seconds;
+        self.waited = waited;
         let mut lines = Vec::with_capacity(steps.len());
         for (s, v) in steps.into_iter().zip(values.chunks_exact(2)) {
             let (loss, grad_norm_q) = (v[0], v[1]);
@@ -145,6 +155,7 @@ impl Pending {
                 img_per_s,
                 k: s.k,
                 knn_top1: s.knn_top1,
+                data_wait_share: Some(data_wait_share),
             });
         }
         Ok((lines, None))
@@ -165,6 +176,7 @@ mod tests {
             mi_bound_offset: 16f64.ln(),
             grad_norm_q: Tensor::from(2.5f32),
             knn_top1: None,
+            waited: Duration::ZERO,
         }
     }
 
@@ -189,8 +201,28 @@ mod tests {
         assert_eq!(lines[0].mi_bound, 16f64.ln() - 1.5);
         assert_eq!(lines[0].grad_norm_q, 2.5);
         assert!(lines.iter().all(|m| m.img_per_s > 0.0));
+        assert!(lines.iter().all(|m| m.data_wait_share == Some(0.0)));
         assert!(!p.is_due() && p.read().unwrap().0.is_empty(), "emptied");
         assert_eq!(p.reads(), 1, "an empty window is not read");
+    }
+
+    #[test]
+    fn the_data_wait_share_is_the_windows() {
+        let mut p = Pending::new(1, 8, None);
+        for (s, waited_ms) in [(1, 5), (2, 5), (3, 15)] {
+            std::thread::sleep(Duration::from_millis(40));
+            p.push(PendingStep {
+                waited: Duration::from_millis(waited_ms),
+                ..step(s, 1.0)
+            });
+            let share = p.read().unwrap().0[0].data_wait_share.unwrap();
+            // 5, 0 and 10 ms of waiting in windows of at least 40 ms.
+            let most = (waited_ms - [0, 5, 5][s as usize - 1]) as f64 / 40.0;
+            assert!(
+                share <= most && (share > 0.0) == (most > 0.0),
+                "step {s}: {share}"
+            );
+        }
     }
 
     #[test]

@@ -255,7 +255,8 @@ impl<'a> Trainer<'a> {
             // (a restart) drops them.
             let path = out.join("metrics.jsonl");
             let keep = (self.opts.resume || path.is_file()).then_some(self.pos.step);
-            self.record.metrics = Some(MetricsWriter::open(&path, keep)?);
+            let metrics = super::events::open_metrics(self.cfg, out, keep, &self.loader)?;
+            self.record.metrics = Some(metrics);
         }
         self.record.bar.set_position(self.pos.step);
         Ok(())
@@ -391,7 +392,8 @@ impl<'a> Trainer<'a> {
                 return Ok(false);
             }
             done += 1;
-            self.step(&batch?, epoch, done)?;
+            let waited = self.data_wait + batches.waited();
+            self.step(&batch?, epoch, done, waited)?;
             if done == self.steps_per_epoch {
                 self.evaluate(epoch)?;
             }
@@ -410,9 +412,16 @@ impl<'a> Trainer<'a> {
     }
 
     /// One optimizer step on `batch`, the `done`-th of `epoch`: forward,
-    /// backward, gradients averaged over ranks, SGD; its figures wait in
-    /// `pending` until read.
-    fn step(&mut self, batch: &TwoViewBatch, epoch: u64, done: usize) -> Result<()> {
+    /// backward, gradients averaged over ranks, SGD; its figures (with
+    /// `waited`, the loop's wait for data so far) wait in `pending` until
+    /// read.
+    fn step(
+        &mut self,
+        batch: &TwoViewBatch,
+        epoch: u64,
+        done: usize,
+        waited: Duration,
+    ) -> Result<()> {
         let world = &self.opts.world;
         let lr = learning_rate(self.cfg, self.pos.step as usize, self.steps_per_epoch);
         let out = self.method.forward(batch, self.pos.step)?;
@@ -444,6 +453,7 @@ impl<'a> Trainer<'a> {
             mi_bound_offset: out.mi_bound_offset,
             grad_norm_q: out.grad_norm_q,
             knn_top1: None,
+            waited,
         });
         self.record.bar.set_position(self.pos.step);
         Ok(())
