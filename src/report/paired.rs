@@ -63,8 +63,9 @@ impl Paired {
         (self.mean - self.half_width, self.mean + self.half_width)
     }
 
-    /// "simo EqCo α=256 − InfoNCE at K = 16, kNN top-1: +0.38 ± 1.21 points
-    /// (95 % interval, 4 seeds): not resolved at this scale".
+    /// "simo: EqCo α=256 − InfoNCE at K = 16, kNN top-1: +d̄ ± half-width
+    /// points (95 % interval, n seeds): resolved" (or "not resolved at this
+    /// scale").
     pub fn verdict(&self) -> String {
         let n = self.diffs.len();
         let seeds = if n == 1 { "seed" } else { "seeds" };
