@@ -5,6 +5,8 @@
 //! in time and leaves none behind.
 
 mod common;
+#[path = "common/procs.rs"]
+mod procs;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -15,6 +17,7 @@ use common::equivalence::{
     FP32_FLOOR,
 };
 use common::text;
+use procs::{children, env_of};
 
 /// The longest any command here may take.
 const LIMIT: Duration = Duration::from_secs(240);
@@ -64,41 +67,14 @@ fn eqco(args: &[String]) -> Output {
     eqco_env(args, &[])
 }
 
-/// A tiny pretraining command on a CIFAR fixture under `dir`.
+/// A tiny pretraining command on a CIFAR fixture under `dir` (the tests'
+/// tiny run, with a short `dist_timeout`).
 fn pretrain_args(dir: &Path, preset: &str, out: &Path, extra: &[&str]) -> Vec<String> {
-    let data = dir.join("cifar");
-    if !data.exists() {
-        eqco::data::synthetic::write_cifar10(&data, 256).unwrap();
-    }
-    let mut args: Vec<String> = vec![
-        "pretrain".into(),
-        "--config".into(),
-        preset.into(),
-        "--out".into(),
-        out.display().to_string(),
-        "--threads".into(),
-        "1".into(),
-    ];
-    let sets = [
-        "dataset=cifar10".to_string(),
-        format!("data_dir=\"{}\"", data.display()),
-        "backbone=resnet10".into(),
-        "width=0.125".into(),
-        "batch_size=32".into(),
-        "image_size=16".into(),
-        "head_hidden=32".into(),
-        "embed_dim=16".into(),
-        "loader_threads=1".into(),
-        "dist_timeout=60".into(),
-        // Pinned: what `auto` picks depends on the machine; cases override.
-        "precision=fp32".into(),
-        "memory_format=channels_last".into(),
-    ];
-    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
-        args.push("--set".into());
-        args.push(s.to_string());
-    }
-    args
+    let sets: Vec<&str> = ["dist_timeout=60"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    common::tiny_pretrain(dir, 256, preset, out, &sets)
 }
 
 fn ok(out: &Output) {
@@ -326,28 +302,6 @@ fn a_run_resumes_at_another_world_size() {
     }
 }
 
-/// The process ids of `parent`'s children (Linux /proc).
-fn children(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid …": the name may hold spaces, so split after ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
@@ -387,15 +341,11 @@ fn disturb_rank_1(tmp: &Path, signal: i32, timeout_s: u32) -> (Output, Duration,
     }
     let workers = children(launcher.id());
     assert_eq!(workers.len(), 2, "two workers");
-    // Worker ids in rank order: the environment says which is which.
-    let rank_of = |pid: u32| {
-        std::fs::read(format!("/proc/{pid}/environ"))
-            .unwrap()
-            .split(|&b| b == 0)
-            .find_map(|kv| kv.strip_prefix(b"RANK=").map(text))
-            .unwrap()
-    };
-    let rank1 = *workers.iter().find(|&&p| rank_of(p) == "1").unwrap();
+    // The environment says which worker is rank 1.
+    let rank1 = *workers
+        .iter()
+        .find(|&&p| env_of(p, "RANK").as_deref() == Some("1"))
+        .unwrap();
     // SAFETY: signalling a process this test started (through the launcher).
     unsafe {
         libc::kill(rank1 as i32, signal);

@@ -37,44 +37,18 @@ fn torchrun() -> PathBuf {
 }
 
 /// `eqco pretrain` arguments (without the program) for a tiny fp32 NCHW run
-/// on a CIFAR fixture under `dir`: every rank computes the same numbers on
-/// every CPU.
+/// on a CIFAR fixture under `dir` (precision and format pinned, so that
+/// nothing compared depends on what `auto` picks on this machine).
 fn pretrain_args(dir: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let data = dir.join("cifar");
-    if !data.exists() {
-        eqco::data::synthetic::write_cifar10(&data, 256).unwrap();
-    }
-    let mut args: Vec<String> = vec![
-        "pretrain".into(),
-        "--config".into(),
-        "fmnist-simo".into(),
-        "--out".into(),
-        out.display().to_string(),
-        "--threads".into(),
-        "1".into(),
+    let ours = [
+        "k_negatives=31",
+        "memory_format=contiguous",
+        "lr=0.01",
+        "warmup_epochs=0",
+        "dist_timeout=60",
     ];
-    let sets = [
-        "dataset=cifar10".to_string(),
-        format!("data_dir=\"{}\"", data.display()),
-        "backbone=resnet10".into(),
-        "width=0.125".into(),
-        "batch_size=32".into(),
-        "image_size=16".into(),
-        "head_hidden=32".into(),
-        "embed_dim=16".into(),
-        "k_negatives=31".into(),
-        "loader_threads=1".into(),
-        "precision=fp32".into(),
-        "memory_format=contiguous".into(),
-        "lr=0.01".into(),
-        "warmup_epochs=0".into(),
-        "dist_timeout=60".into(),
-    ];
-    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
-        args.push("--set".into());
-        args.push(s.to_string());
-    }
-    args
+    let sets: Vec<&str> = ours.into_iter().chain(extra.iter().copied()).collect();
+    common::tiny_pretrain(dir, 256, "fmnist-simo", out, &sets)
 }
 
 fn ok(out: &Output, what: &str) {

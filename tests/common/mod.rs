@@ -15,6 +15,45 @@ pub fn eqco(args: &[&str]) -> Output {
         .expect("the eqco binary runs")
 }
 
+/// `eqco pretrain` arguments for the tests' tiny runs: `preset` into `out`
+/// at 1 thread, on a synthetic CIFAR-10 fixture of `images` images in
+/// `dir/cifar` (written once), ResNet-10 at width 0.125 on 16-pixel views,
+/// N = 32, one loader thread, fp32 channels-last (pinned: what `auto` picks
+/// depends on the machine), then `extra` keys, which override these.
+pub fn tiny_pretrain(
+    dir: &Path,
+    images: usize,
+    preset: &str,
+    out: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let data = dir.join("cifar");
+    if !data.exists() {
+        eqco::data::synthetic::write_cifar10(&data, images).unwrap();
+    }
+    let mut args: Vec<String> = ["pretrain", "--config", preset, "--out"]
+        .map(String::from)
+        .into();
+    args.extend([out.display().to_string(), "--threads".into(), "1".into()]);
+    let base = [
+        "dataset=cifar10".to_string(),
+        format!("data_dir=\"{}\"", data.display()),
+        "backbone=resnet10".into(),
+        "width=0.125".into(),
+        "batch_size=32".into(),
+        "image_size=16".into(),
+        "head_hidden=32".into(),
+        "embed_dim=16".into(),
+        "loader_threads=1".into(),
+        "precision=fp32".into(),
+        "memory_format=channels_last".into(),
+    ];
+    for s in base.iter().map(String::as_str).chain(extra.iter().copied()) {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    args
+}
+
 /// Bytes of a process's output as text.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
