@@ -265,21 +265,24 @@ using eqco::Group;
 // torchrun's agent) and joined as a client otherwise; the group's keys live
 // under `prefix`. Gloo binds to the interfaces `gloo_ifaces` (comma-separated,
 // GLOO_SOCKET_IFNAME's form) when not empty, else to the address
-// `gloo_addr`. NCCL (nccl = 1) is bound to GPU `cuda_index`. Every wait is
-// bounded by `timeout_s`.
+// `gloo_addr`. NCCL (nccl = 1) is bound to GPU `cuda_index`. Reaching the
+// store and waiting for every rank to join is bounded by `join_timeout_s`,
+// every later wait by `timeout_s`.
 extern "C" char* eqco_group_new(int nccl, const char* host, int port, int rank, int size,
-                                double timeout_s, int serve, const char* prefix,
+                                double timeout_s, double join_timeout_s, int serve,
+                                const char* prefix,
                                 const char* gloo_ifaces, const char* gloo_addr, int cuda_index,
                                 Group** out) {
   EQCO_TRY({
     auto timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000.0));
+    auto join_timeout = std::chrono::milliseconds(static_cast<int64_t>(join_timeout_s * 1000.0));
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
     opts.isServer = serve != 0;
     // The ranks count themselves in below (naming the missing ones on a
     // timeout), not in the store's own wait.
     opts.waitWorkers = false;
-    opts.timeout = timeout;
+    opts.timeout = join_timeout;
     c10::intrusive_ptr<c10d::Store> tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
     c10::intrusive_ptr<c10d::Store> store =
         c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
@@ -295,7 +298,9 @@ extern "C" char* eqco_group_new(int nccl, const char* host, int port, int rank, 
         throw;
       }
     }
-    eqco::wait_for_ranks(store, rank, size, timeout);
+    eqco::wait_for_ranks(store, rank, size, join_timeout);
+    tcp->setTimeout(timeout);
+    store->setTimeout(timeout);
     c10::intrusive_ptr<c10d::Backend> backend;
     if (nccl) {
 #ifdef EQCO_WITH_NCCL

@@ -60,6 +60,7 @@ extern "C" {
         rank: c_int,
         size: c_int,
         timeout_s: f64,
+        join_timeout_s: f64,
         serve: c_int,
         prefix: *const c_char,
         gloo_ifaces: *const c_char,

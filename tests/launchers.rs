@@ -507,10 +507,12 @@ fn a_rank_that_cannot_join_ends_the_job_at_once_naming_it() {
 }
 
 #[test]
-fn a_peer_that_never_starts_is_named_when_the_timeout_ends_the_job() {
+fn a_peer_that_never_starts_is_named_when_the_join_timeout_ends_the_job() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let args = pretrain_args(tmp.path(), &run, &["max_steps=2", "dist_timeout=3"]);
+    // The join timeout, not the collectives' (10 minutes), ends it.
+    let sets = ["max_steps=2", "dist_timeout=600", "dist_join_timeout=3"];
+    let args = pretrain_args(tmp.path(), &run, &sets);
     let mut cmd = Command::new(eqco_bin());
     cmd.args(&args)
         .env("RANK", "0")

@@ -109,12 +109,11 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
         None => World::single(),
         Some(env) => {
             cfg.validate_world(env.world_size)?;
-            World::join(
-                env,
-                backend,
-                Duration::from_secs_f64(cfg.dist_timeout),
-                device,
-            )?
+            let timeouts = crate::dist::Timeouts {
+                join: Duration::from_secs_f64(cfg.dist_join_timeout),
+                collective: Duration::from_secs_f64(cfg.dist_timeout),
+            };
+            World::join(env, backend, timeouts, device)?
         }
     };
     let threads = match args.common.threads {

@@ -92,12 +92,23 @@ pub struct Group {
 unsafe impl Send for Group {}
 unsafe impl Sync for Group {}
 
+/// How long a process waits for the others.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// Reaching the rendezvous store and waiting for every rank to join
+    /// (`dist_join_timeout`): a peer that never starts ends the job then.
+    pub join: Duration,
+    /// Every later wait: a collective, a barrier (`dist_timeout`).
+    pub collective: Duration,
+}
+
 impl Group {
     /// Joins the group of `env`: rank 0 serves the store at
     /// `MASTER_ADDR:MASTER_PORT` (or every rank joins torchrun's agent's),
     /// Gloo binds to this host's address ([`Env::gloo_bind`]), NCCL to
-    /// `device`; every wait is bounded by `timeout`.
-    pub fn join(env: &Env, backend: Backend, timeout: Duration, device: Device) -> Result<Group> {
+    /// `device`. Reaching the store and waiting for every rank is bounded
+    /// by `timeouts.join`, every later wait by `timeouts.collective`.
+    pub fn join(env: &Env, backend: Backend, timeouts: Timeouts, device: Device) -> Result<Group> {
         if env.serves_store() {
             check_port_free(&env.master_addr, env.master_port)?;
         }
@@ -129,7 +140,8 @@ impl Group {
                 c_int::from(env.master_port),
                 env.rank as c_int,
                 env.world_size as c_int,
-                timeout.as_secs_f64(),
+                timeouts.collective.as_secs_f64(),
+                timeouts.join.as_secs_f64(),
                 c_int::from(env.serves_store()),
                 prefix.as_ptr(),
                 ifaces.as_ptr(),
@@ -145,13 +157,13 @@ impl Group {
                 _ => String::new(),
             };
             Error::Dist(format!(
-                "rank {} could not join the group at {}:{} ({} the store{bind}); it failed after {:.1} s (dist_timeout = {:.0} s): {e}",
+                "rank {} could not join the group at {}:{} ({} the store{bind}); it failed after {:.1} s (dist_join_timeout = {:.0} s): {e}",
                 env.rank,
                 env.master_addr,
                 env.master_port,
                 if env.serves_store() { "serving" } else { "a client of" },
                 start.elapsed().as_secs_f64(),
-                timeout.as_secs_f64()
+                timeouts.join.as_secs_f64()
             ))
         })?;
         Ok(Group {
@@ -431,9 +443,9 @@ impl World {
 
     /// Joins the job described by `env` (no group when it has one process),
     /// computing on `device`.
-    pub fn join(env: &Env, backend: Backend, timeout: Duration, device: Device) -> Result<World> {
+    pub fn join(env: &Env, backend: Backend, timeouts: Timeouts, device: Device) -> Result<World> {
         let group = if env.world_size > 1 {
-            Some(Arc::new(Group::join(env, backend, timeout, device)?))
+            Some(Arc::new(Group::join(env, backend, timeouts, device)?))
         } else {
             None
         };

@@ -166,9 +166,12 @@ pub struct PretrainConfig {
     pub bn: Option<BnMode>,
     /// Collectives: `auto` (NCCL on GPUs, Gloo on the CPU), `gloo` or `nccl`.
     pub dist_backend: Backend,
-    /// Seconds any wait on another process may take (rendezvous and every
-    /// collective) before the job ends with an error.
+    /// Seconds any wait on another process may take once every rank has
+    /// joined (every collective and barrier) before the job ends with an error.
     pub dist_timeout: f64,
+    /// Seconds to reach the rendezvous store and for every rank to join:
+    /// a peer that never starts ends the job then, named.
+    pub dist_join_timeout: f64,
     /// `never` or `auto`: continue from the newest checkpoint in `--out`
     /// when there is one (torchrun restarts and requeued SLURM jobs do so
     /// whatever this says).
@@ -244,6 +247,7 @@ impl Default for PretrainConfig {
             bn: None,
             dist_backend: Backend::Auto,
             dist_timeout: 1800.0,
+            dist_join_timeout: 300.0,
             resume: ResumeMode::Never,
         }
     }
@@ -600,11 +604,16 @@ impl PretrainConfig {
         if self.pinned_memory_mib == 0 {
             return Err(Error::config("pinned_memory_mib", "0 (must be ≥ 1)"));
         }
-        if !(self.dist_timeout.is_finite() && self.dist_timeout > 0.0) {
-            return Err(Error::config(
-                "dist_timeout",
-                format!("{} (seconds, must be > 0)", self.dist_timeout),
-            ));
+        for (key, value) in [
+            ("dist_timeout", self.dist_timeout),
+            ("dist_join_timeout", self.dist_join_timeout),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(Error::config(
+                    key,
+                    format!("{value} (seconds, must be > 0)"),
+                ));
+            }
         }
         if self.bn() == BnMode::Shuffle
             && matches!(self.method, MethodName::Simclr | MethodName::Supervised)
