@@ -22,7 +22,7 @@ use serde::Serialize;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Tensor};
 
-use crate::data::{Dataset, Loader, LoaderConfig, Recipe, RecipeName, Split};
+use crate::data::{Dataset, Recipe, RecipeName, Split};
 use crate::device::{float32, Compute};
 use crate::error::{Error, Result};
 use crate::method::shared::load_named;
@@ -255,20 +255,8 @@ fn forward_all(
     compute: Compute,
     s: &EmbedSettings,
 ) -> Result<(Vec<f32>, usize)> {
-    let loader = Loader::with_images(
-        dataset.clone(),
-        recipe.clone(),
-        LoaderConfig {
-            batch_size: s.batch_size.min(indices.len()).max(1),
-            threads: s.threads.max(1),
-            shuffle: false,
-            drop_last: false,
-            device: compute.device,
-            channels_last: compute.channels_last,
-            ..Default::default()
-        },
-        indices.to_vec(),
-    )?;
+    let loader =
+        super::features::in_order(dataset, recipe, indices, s.batch_size, s.threads, compute)?;
     let bar = progress_bar(indices.len(), s.progress);
     let (mut values, mut dim) = (Vec::with_capacity(indices.len() * 128), 0);
     for batch in loader.single_view_epoch(0) {

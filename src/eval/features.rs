@@ -17,6 +17,34 @@ use crate::model::ResNet;
 /// Images per forward pass.
 const BATCH: usize = 256;
 
+/// A loader of images `indices` of `dataset`, once each and in that order
+/// (no shuffle, the last batch kept), `batch_size` at a time through
+/// `threads` threads, written for `compute` (its device and layout): what
+/// every pass over frozen features reads.
+pub fn in_order(
+    dataset: &Arc<Dataset>,
+    recipe: &Recipe,
+    indices: &[usize],
+    batch_size: usize,
+    threads: usize,
+    compute: Compute,
+) -> Result<Loader> {
+    Loader::with_images(
+        dataset.clone(),
+        recipe.clone(),
+        LoaderConfig {
+            batch_size: batch_size.min(indices.len()).max(1),
+            threads: threads.max(1),
+            shuffle: false,
+            drop_last: false,
+            device: compute.device,
+            channels_last: compute.channels_last,
+            ..Default::default()
+        },
+        indices.to_vec(),
+    )
+}
+
 /// Pooled features `[n, F]` (float32, not normalised) and labels `[n]` (−1
 /// where the dataset has none) of images `indices` of `dataset`, in that
 /// order, computed as `compute` says (device, precision, memory format),
@@ -29,20 +57,7 @@ pub fn extract(
     compute: Compute,
     threads: usize,
 ) -> Result<(Tensor, Tensor)> {
-    let loader = Loader::with_images(
-        dataset.clone(),
-        recipe.clone(),
-        LoaderConfig {
-            batch_size: BATCH.min(indices.len()).max(1),
-            threads: threads.max(1),
-            shuffle: false,
-            drop_last: false,
-            device: compute.device,
-            channels_last: compute.channels_last,
-            ..Default::default()
-        },
-        indices.to_vec(),
-    )?;
+    let loader = in_order(dataset, recipe, indices, BATCH, threads, compute)?;
     let (mut feats, mut labels) = (Vec::new(), Vec::new());
     for batch in loader.single_view_epoch(0) {
         let batch = batch?;
