@@ -234,38 +234,108 @@ fn paired_comparisons(groups: &[SeedGroup]) -> Vec<paired::Paired> {
             "{method}{extras}: EqCo α={alpha} − InfoNCE at K = {}",
             cfg.k()
         );
-        type Metric = fn(&RunView) -> Option<f64>;
-        let metrics: [(&'static str, Metric); 2] = [
-            ("kNN top-1", |r| r.knn.as_ref().map(|k| 100.0 * k.top1)),
-            ("linear top-1", |r| {
-                r.linear.as_ref().map(|l| 100.0 * l.top1)
-            }),
-        ];
-        for (name, metric) in metrics {
-            let mut seeds = Vec::new();
-            let mut diffs = Vec::new();
-            for r in &g.runs {
-                let twin = reference.runs.iter().find(|x| x.cfg.seed == r.cfg.seed);
-                if let (Some(a), Some(b)) = (metric(r), twin.and_then(|t| metric(t))) {
-                    seeds.push(r.cfg.seed);
-                    diffs.push(a - b);
-                }
+        out.extend(pair_by_seed(&label, g, reference));
+    }
+    out
+}
+
+/// The key of a configuration apart from its seed and its K, with `alpha`.
+fn key_without_k(cfg: &PretrainConfig, alpha: Option<f64>) -> String {
+    PretrainConfig {
+        seed: 0,
+        k_negatives: None,
+        queue_size: 0,
+        alpha,
+        ..cfg.clone()
+    }
+    .to_toml()
+}
+
+/// Whether `big` is `small` trained with another K and the same loss: the
+/// same α, or, for EqCo with α, InfoNCE at K = α (where EqCo's margin
+/// τ·ln(α/K) is 0, so the two are one computation).
+fn same_loss_other_k(small: &PretrainConfig, big: &PretrainConfig) -> bool {
+    let same = key_without_k(small, small.alpha) == key_without_k(big, big.alpha);
+    let at_alpha = big.alpha.is_none()
+        && small.alpha == Some(big.k() as f64)
+        && key_without_k(small, None) == key_without_k(big, None);
+    same || at_alpha
+}
+
+/// Each contrastive configuration against the one with the largest K that
+/// differs from it only in K (the same loss, see [`same_loss_other_k`]),
+/// seed by seed: what a small K costs (paper Fig. 3/4), with InfoNCE and
+/// with EqCo.
+fn k_comparisons(groups: &[SeedGroup]) -> Vec<paired::Paired> {
+    let mut out = Vec::new();
+    for g in groups {
+        let cfg = &g.runs[0].cfg;
+        if g.runs[0].role() != Role::Contrastive {
+            continue;
+        }
+        let Some(largest) = groups
+            .iter()
+            .filter(|r| r.runs[0].role() == Role::Contrastive)
+            .filter(|r| same_loss_other_k(cfg, &r.runs[0].cfg))
+            .max_by_key(|r| (r.runs[0].cfg.k(), r.runs[0].cfg.alpha == cfg.alpha))
+        else {
+            continue;
+        };
+        let big = &largest.runs[0].cfg;
+        if big.k() <= cfg.k() {
+            continue;
+        }
+        let note = if big.alpha == cfg.alpha {
+            ""
+        } else {
+            " (InfoNCE: EqCo's margin is 0 at K = α)"
+        };
+        let label = format!(
+            "{}: K = {} − K = {}{note}",
+            g.runs[0].family,
+            cfg.k(),
+            big.k()
+        );
+        out.extend(pair_by_seed(&label, g, largest));
+    }
+    out
+}
+
+/// The per-seed differences `a − b` of kNN and linear top-1 (in points),
+/// over the seeds both groups have and both evaluated.
+fn pair_by_seed(label: &str, a: &SeedGroup, b: &SeedGroup) -> Vec<paired::Paired> {
+    type Metric = fn(&RunView) -> Option<f64>;
+    let metrics: [(&'static str, Metric); 2] = [
+        ("kNN top-1", |r| r.knn.as_ref().map(|k| 100.0 * k.top1)),
+        ("linear top-1", |r| {
+            r.linear.as_ref().map(|l| 100.0 * l.top1)
+        }),
+    ];
+    let mut out = Vec::new();
+    for (name, metric) in metrics {
+        let mut seeds = Vec::new();
+        let mut diffs = Vec::new();
+        for r in &a.runs {
+            let twin = b.runs.iter().find(|x| x.cfg.seed == r.cfg.seed);
+            if let (Some(x), Some(y)) = (metric(r), twin.and_then(|t| metric(t))) {
+                seeds.push(r.cfg.seed);
+                diffs.push(x - y);
             }
-            if !diffs.is_empty() {
-                out.push(paired::Paired::new(label.clone(), name, seeds, diffs));
-            }
+        }
+        if !diffs.is_empty() {
+            out.push(paired::Paired::new(label.to_string(), name, seeds, diffs));
         }
     }
     out
 }
 
-/// The Markdown section of the paired comparisons.
-fn paired_section(comparisons: &[paired::Paired]) -> String {
-    let mut md = String::from(
-        "\n## EqCo against InfoNCE, paired by seed\n\n\
-         Each EqCo run minus the InfoNCE run of the same configuration, K and seed, in points: \
-         the differences, their mean ± standard deviation, and the 95 % interval of the mean \
-         (Student's t). *Resolved* means the interval excludes 0.\n\n\
+/// A Markdown section of paired comparisons under `title`, `what` saying
+/// which runs are subtracted from which.
+fn paired_section(title: &str, what: &str, comparisons: &[paired::Paired]) -> String {
+    let mut md = format!(
+        "\n## {title}\n\n\
+         {what}, in points: the differences, their mean ± standard deviation, and the 95 % \
+         interval of the mean (Student's t). *Resolved* means the interval excludes 0.\n\n\
          | comparison | metric | seeds | differences | mean ± sd | 95 % interval |\n|---|---|---|---|---|---|\n",
     );
     for p in comparisons {
@@ -440,7 +510,20 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<String> {
         }
         let comparisons = paired_comparisons(&groups);
         if !comparisons.is_empty() {
-            md.push_str(&paired_section(&comparisons));
+            md.push_str(&paired_section(
+                "EqCo against InfoNCE, paired by seed",
+                "Each EqCo run minus the InfoNCE run of the same configuration, K and seed",
+                &comparisons,
+            ));
+        }
+        let comparisons = k_comparisons(&groups);
+        if !comparisons.is_empty() {
+            md.push_str(&paired_section(
+                "Small K against the largest K, paired by seed",
+                "Each run minus the run of the same configuration and seed at the largest K \
+                 of the report (the same loss: InfoNCE against InfoNCE, EqCo against EqCo)",
+                &comparisons,
+            ));
         }
     }
 

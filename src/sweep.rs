@@ -98,7 +98,7 @@ pub struct SweepConfig {
 }
 
 /// The sweep presets compiled into the binary: `(name, TOML)`.
-pub const SWEEP_PRESETS: [(&str, &str); 10] = [
+pub const SWEEP_PRESETS: [(&str, &str); 12] = [
     (
         "fmnist-simo-k",
         include_str!("../presets/sweeps/fmnist-simo-k.toml"),
@@ -130,6 +130,14 @@ pub const SWEEP_PRESETS: [(&str, &str); 10] = [
     (
         "fmnist-mocov2-k-long",
         include_str!("../presets/sweeps/fmnist-mocov2-k-long.toml"),
+    ),
+    (
+        "fmnist-simo-k-paired",
+        include_str!("../presets/sweeps/fmnist-simo-k-paired.toml"),
+    ),
+    (
+        "fmnist-mocov2-k-paired",
+        include_str!("../presets/sweeps/fmnist-mocov2-k-paired.toml"),
     ),
     (
         "fmnist-simo-table6",

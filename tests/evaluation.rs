@@ -468,11 +468,13 @@ fn the_long_sweep_presets_run_at_tiny_size_and_report_the_seed_spread() {
         "precision=fp32".into(),
         "memory_format=channels_last".into(),
     ];
-    for (preset, runs) in [
-        ("fmnist-simo-k-long", 10),
-        ("fmnist-mocov2-k-long", 8),
-        ("fmnist-simo-table6", 2),
-        ("fmnist-simo-table7", 2),
+    for (preset, runs, seeds) in [
+        ("fmnist-simo-k-long", 10, 2),
+        ("fmnist-mocov2-k-long", 8, 2),
+        ("fmnist-simo-k-paired", 17, 4),
+        ("fmnist-mocov2-k-paired", 12, 4),
+        ("fmnist-simo-table6", 2, 1),
+        ("fmnist-simo-table7", 2, 1),
     ] {
         let out = tmp.path().join(preset);
         let mut args: Vec<String> = vec![
@@ -493,24 +495,35 @@ fn the_long_sweep_presets_run_at_tiny_size_and_report_the_seed_spread() {
         let report = std::fs::read_to_string(out.join("report.md")).unwrap();
         let rows = report.lines().filter(|l| l.starts_with("| `")).count();
         assert_eq!(rows, runs, "{preset}: {report}");
-        let seeds = preset.ends_with("-long");
         assert_eq!(
             report.contains("## Over seeds"),
-            seeds,
+            seeds > 1,
             "{preset}: {report}"
         );
-        if seeds {
-            // Two seeds per configuration: a mean and its range in brackets.
+        if seeds > 1 {
+            // Each configuration over its seeds: a mean ± sd and the range
+            // in brackets; four configurations, three where K = α is one.
+            let list = (0..seeds)
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
             let spread = report
                 .lines()
-                .filter(|l| l.contains("| 0, 1 |") && l.contains('–') && l.contains('('))
+                .filter(|l| {
+                    l.contains(&format!("| {list} |")) && l.contains('–') && l.contains('(')
+                })
                 .count();
-            assert_eq!(spread, 4, "{preset}: {report}");
+            let configs = if preset == "fmnist-mocov2-k-paired" {
+                3
+            } else {
+                4
+            };
+            assert_eq!(spread, configs, "{preset}: {report}");
             assert!(
                 report.contains(" EqCo α=") && report.contains(" InfoNCE K=16"),
                 "{preset}: {report}"
             );
-            check_paired_differences(&out, &report, preset);
+            check_paired_differences(&out, &report, preset, seeds);
         }
         for dir in std::fs::read_dir(&out).unwrap().flatten() {
             let p = dir.path();
@@ -527,11 +540,12 @@ fn the_long_sweep_presets_run_at_tiny_size_and_report_the_seed_spread() {
     );
 }
 
-/// The report's paired EqCo − InfoNCE kNN differences equal the ones
-/// computed here from the runs' own `eval/knn.json`, by hand: two seeds,
-/// so s = |d₀ − d₁| / √2 and the 95 % half width is t₀.₉₇₅,₁ · s / √2 with
-/// t₀.₉₇₅,₁ = 12.706.
-fn check_paired_differences(out: &Path, report: &str, preset: &str) {
+/// The report's paired kNN differences (EqCo − InfoNCE at each K, and
+/// each loss at K = 16 − at the largest K) equal the ones computed here
+/// from the runs' own `eval/knn.json`, by hand: the mean, s with n − 1, and
+/// the 95 % half width t₀.₉₇₅,ₙ₋₁ · s / √n from the table (12.706 for two
+/// seeds, 3.182 for four).
+fn check_paired_differences(out: &Path, report: &str, preset: &str, n: usize) {
     use std::collections::BTreeMap;
     // (K, EqCo?) → seed → kNN top-1 in points.
     let mut knn: BTreeMap<(usize, bool), BTreeMap<u64, f64>> = BTreeMap::new();
@@ -549,23 +563,46 @@ fn check_paired_differences(out: &Path, report: &str, preset: &str) {
             .or_default()
             .insert(run.cfg.seed, 100.0 * top1);
     }
+    let seeds: Vec<u64> = (0..n as u64).collect();
+    let list = seeds
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let t = match n {
+        2 => 12.706,
+        4 => 3.182,
+        _ => panic!("no t quantile here for {n} seeds"),
+    };
+    // The mean, s and half width of `a − b` seed by seed, and the table row
+    // that must show them.
+    let stats = |a: &BTreeMap<u64, f64>, b: &BTreeMap<u64, f64>| {
+        let d: Vec<f64> = seeds.iter().map(|s| a[s] - b[s]).collect();
+        let mean = d.iter().sum::<f64>() / n as f64;
+        let sd = (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt();
+        let listed = d
+            .iter()
+            .map(|x| format!("{x:+.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (mean, sd, t * sd / (n as f64).sqrt(), listed)
+    };
     let ks: Vec<usize> = knn.keys().map(|k| k.0).collect();
-    for k in ks {
-        let (eqco, infonce) = (&knn[&(k, true)], &knn[&(k, false)]);
-        let d: Vec<f64> = [0, 1].iter().map(|s| eqco[s] - infonce[s]).collect();
-        let mean = (d[0] + d[1]) / 2.0;
-        let sd = (d[0] - d[1]).abs() / 2f64.sqrt();
-        let half = 12.706 * sd / 2f64.sqrt();
+    for &k in &ks {
+        let (Some(eqco), Some(infonce)) = (knn.get(&(k, true)), knn.get(&(k, false))) else {
+            continue;
+        };
+        let (mean, sd, half, listed) = stats(eqco, infonce);
         // The table row shows the differences, their mean and s; the
         // verdict line the mean and the half width (printed to 2 decimals).
-        let row = format!("K = {k} | kNN top-1 | 0, 1 | {:+.2}, {:+.2} |", d[0], d[1]);
+        let row = format!("InfoNCE at K = {k} | kNN top-1 | {list} | {listed} |");
         let row = report.lines().find(|l| l.contains(&row));
         let row = row.unwrap_or_else(|| panic!("{preset}: no K = {k} kNN row in {report}"));
         let cells: Vec<&str> = row.split(" | ").collect();
         let (m, s) = cells[4].split_once(" ± ").unwrap();
         close_to(m, mean, 0.0051, row);
         close_to(s, sd, 0.0051, row);
-        let head = format!("K = {k}, kNN top-1: ");
+        let head = format!("InfoNCE at K = {k}, kNN top-1: ");
         let line = report
             .lines()
             .find(|l| l.starts_with("- ") && l.contains(&head));
@@ -573,7 +610,7 @@ fn check_paired_differences(out: &Path, report: &str, preset: &str) {
         let rest = line.split_once(&head).unwrap().1;
         let (m, rest) = rest.split_once(" ± ").unwrap();
         let (h, rest) = rest
-            .split_once(" points (95 % interval, 2 seeds): ")
+            .split_once(&format!(" points (95 % interval, {n} seeds): "))
             .unwrap();
         close_to(m, mean, 0.0051, line);
         close_to(h, half, 0.0051 + 1e-4 * half, line);
@@ -585,6 +622,24 @@ fn check_paired_differences(out: &Path, report: &str, preset: &str) {
             };
             assert_eq!(rest, verdict, "{line}");
         }
+    }
+    // Small K against the largest K, each loss against itself (EqCo against
+    // InfoNCE at K = α where only that ran), seed by seed.
+    let (small, big) = (ks[0], ks[ks.len() - 1]);
+    for eqco in [true, false] {
+        let reference = knn.get(&(big, eqco)).unwrap_or(&knn[&(big, false)]);
+        let (mean, sd, _, listed) = stats(&knn[&(small, eqco)], reference);
+        let row = format!("K = {small} − K = {big}");
+        let row = report.lines().find(|l| {
+            l.contains(&row) && l.contains(&format!(" | kNN top-1 | {list} | {listed} |"))
+        });
+        let row = row.unwrap_or_else(|| {
+            panic!("{preset}: no K = {small} − K = {big} row (EqCo {eqco}) in {report}")
+        });
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let (m, s) = cells[4].split_once(" ± ").unwrap();
+        close_to(m, mean, 0.0051, row);
+        close_to(s, sd, 0.0051, row);
     }
 }
 
