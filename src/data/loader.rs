@@ -27,7 +27,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use super::staging::{Lease, PoolPlan, StagingPool};
+use super::staging::{Lease, PinnedCap, PoolPlan, StagingPool};
 use super::{Dataset, Recipe};
 use crate::device::memory::Event;
 use crate::error::{Error, Result};
@@ -56,8 +56,12 @@ pub struct LoaderConfig {
     pub device: Device,
     /// Write the views channels-last (NHWC memory, seen as NCHW).
     pub channels_last: bool,
-    /// Cap of the staging pool, in MiB (the `pinned_memory_mib` key).
+    /// Cap of the staging pools of this machine, in MiB (the
+    /// `pinned_memory_mib` key), shared by its `local_processes`.
     pub staging_mib: usize,
+    /// Processes of this machine whose staging pools share `staging_mib`
+    /// (`LOCAL_WORLD_SIZE`): each gets an equal share.
+    pub local_processes: usize,
     /// Pass batches through the staging pool on the CPU too (always done
     /// for a GPU, where its buffers are page-locked): the same path, with
     /// plain memory and a copy, so that it can be tested without a GPU.
@@ -80,6 +84,7 @@ impl Default for LoaderConfig {
             device: Device::Cpu,
             channels_last: false,
             staging_mib: 4096,
+            local_processes: 1,
             stage_on_cpu: false,
             shard: (0, 1),
         }
@@ -221,9 +226,9 @@ impl Loader {
         })
     }
 
-    /// The staging pool's layout for batches of `views` views, under the
-    /// configured cap (an error naming `pinned_memory_mib` if not even one
-    /// batch fits).
+    /// The staging pool's layout for batches of `views` views, under this
+    /// process's share of the configured cap (an error naming
+    /// `pinned_memory_mib` if not even one batch fits).
     pub fn staging_plan(&self, views: usize) -> Result<PoolPlan> {
         PoolPlan::new(
             self.cfg.threads,
@@ -232,8 +237,13 @@ impl Loader {
                 views,
                 self.cfg.batch_size.min(self.images.len()) / self.cfg.shard.1.max(1),
             ),
-            self.cfg.staging_mib << 20,
+            self.pinned_cap(),
         )
+    }
+
+    /// The cap of page-locked memory and how many processes of this machine share it.
+    pub fn pinned_cap(&self) -> PinnedCap {
+        PinnedCap::new(self.cfg.staging_mib, self.cfg.local_processes)
     }
 
     /// Floats in one batch of `n` images (of the global batch: this rank's

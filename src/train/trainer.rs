@@ -175,6 +175,7 @@ impl<'a> Trainer<'a> {
                 device: opts.device,
                 channels_last: compute.channels_last,
                 staging_mib: cfg.pinned_memory_mib,
+                local_processes: world.local_size,
                 shard: (world.rank, world.size),
                 ..Default::default()
             },
@@ -333,9 +334,9 @@ impl<'a> Trainer<'a> {
         );
         if opts.device.is_cuda() {
             eprintln!(
-                "pinned batch pool: {} (pinned_memory_mib = {}); figures read every {} steps",
+                "pinned batch pool: {} (pinned_memory_mib: {}); figures read every {} steps",
                 self.loader.staging_plan(2)?,
-                cfg.pinned_memory_mib,
+                self.loader.pinned_cap(),
                 cfg.log_every(opts.device)
             );
         }
