@@ -29,7 +29,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::staging::{Lease, PinnedCap, PoolPlan, StagingPool};
 use super::{Dataset, Recipe};
-use crate::device::memory::Event;
+use crate::device::memory::CopyStream;
 use crate::error::{Error, Result};
 use crate::seed::derive;
 
@@ -343,6 +343,14 @@ impl Loader {
         } else {
             None
         };
+        let copies = if self.cfg.device.is_cuda() {
+            match CopyStream::new(self.cfg.device) {
+                Ok(s) => Some(s),
+                Err(e) => return Epoch::failed(e, self.recipe.clone()),
+            }
+        } else {
+            None
+        };
         let threads = pool.as_ref().map_or(self.cfg.threads, |p| p.plan().workers);
         let workers = threads.min(n_batches.saturating_sub(first)).max(1);
         let stop = Arc::new(AtomicBool::new(false));
@@ -390,7 +398,7 @@ impl Loader {
             next: first,
             first,
             n_batches,
-            device: self.cfg.device,
+            copies,
             recipe: self.recipe.clone(),
             channels_last: self.cfg.channels_last,
             waited: Duration::ZERO,
@@ -534,7 +542,8 @@ pub struct Epoch<B: Views = TwoViewBatch> {
     next: usize,
     first: usize,
     n_batches: usize,
-    device: Device,
+    /// The stream batches are copied to the GPU on (none on the CPU).
+    copies: Option<CopyStream>,
     recipe: Arc<Recipe>,
     channels_last: bool,
     waited: Duration,
@@ -553,7 +562,7 @@ impl<B: Views> Epoch<B> {
             next: 0,
             first: 0,
             n_batches: 1,
-            device: Device::Cpu,
+            copies: None,
             recipe,
             channels_last: false,
             waited: Duration::ZERO,
@@ -570,20 +579,20 @@ impl<B: Views> Epoch<B> {
     }
 
     /// The batch's buffer on the device. A staged batch is copied out of
-    /// its slot (without blocking, for a GPU), and the slot goes back to
-    /// its worker; on a GPU, with the event its next writer waits for.
+    /// its slot, and the slot goes back to its worker; for a GPU the copy
+    /// runs on the side stream without blocking ([`CopyStream::copy`]), and
+    /// the slot carries the event its next writer waits for.
     fn to_device(&self, host: &mut HostBatch) -> Result<Tensor> {
         let Some(lease) = host.lease.take() else {
             return Ok(host.buffer.shallow_clone());
         };
-        if self.device.is_cuda() {
-            let on_device = host
-                .buffer
-                .to_device_(self.device, Kind::Float, true, false);
-            lease.release_after(Event::record(self.device)?);
-            Ok(on_device)
-        } else {
-            Ok(host.buffer.copy())
+        match &self.copies {
+            Some(stream) => {
+                let (on_device, copied) = stream.copy(&host.buffer)?;
+                lease.release_after(copied);
+                Ok(on_device)
+            }
+            None => Ok(host.buffer.copy()),
         }
     }
 }

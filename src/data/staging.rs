@@ -7,8 +7,12 @@
 //! batch the consumer waits for. A slot goes back to its worker when the
 //! [`Lease`] on it is dropped; for a GPU the lease carries the event of the
 //! copy out of it, and the worker waits for that event (on its own thread)
-//! before it writes the slot again.
+//! before it writes the slot again. Free slots are queued in the order they
+//! came back, and a worker takes the first whose copy has finished (else
+//! the oldest): the slot handed back last is the one whose copy is least
+//! likely to be done.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -134,9 +138,20 @@ struct Slot {
     copied: Option<Event>,
 }
 
-/// One worker's free slots.
+impl Slot {
+    /// Whether the copy out of it has finished (or there was none). An
+    /// event that cannot be asked counts as finished: waiting on it then
+    /// reports the error.
+    fn ready(&self) -> bool {
+        self.copied
+            .as_ref()
+            .is_none_or(|e| e.query().unwrap_or(true))
+    }
+}
+
+/// One worker's free slots, in the order they came back.
 struct SlotQueue {
-    free: Mutex<Vec<Slot>>,
+    free: Mutex<VecDeque<Slot>>,
     returned: Condvar,
 }
 
@@ -145,9 +160,16 @@ impl SlotQueue {
         self.free
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(slot);
+            .push_back(slot);
         self.returned.notify_one();
     }
+}
+
+/// The slot to write next: the first (oldest returned) whose copy has
+/// finished, else the oldest.
+fn pick(free: &mut VecDeque<Slot>) -> Option<Slot> {
+    let at = free.iter().position(Slot::ready).unwrap_or(0);
+    free.remove(at)
 }
 
 /// The pool: each worker's slots.
@@ -163,14 +185,14 @@ impl StagingPool {
     pub fn new(plan: PoolPlan, slot_len: usize, device: Device) -> Result<StagingPool> {
         let mut queues = Vec::with_capacity(plan.workers);
         for _ in 0..plan.workers {
-            let mut free = Vec::with_capacity(plan.slots_per_worker);
+            let mut free = VecDeque::with_capacity(plan.slots_per_worker);
             for _ in 0..plan.slots_per_worker {
                 let buffer = if device.is_cuda() {
                     pinned_empty(slot_len, Kind::Float)?
                 } else {
                     Tensor::empty([slot_len as i64], (Kind::Float, Device::Cpu))
                 };
-                free.push(Slot {
+                free.push_back(Slot {
                     buffer,
                     copied: None,
                 });
@@ -202,8 +224,9 @@ impl StagingPool {
         self.queues.len() * self.plan.slots_per_worker * self.slot_len * 4
     }
 
-    /// A free slot of `worker`, once the copy out of it has finished;
-    /// waits while all of them are in use, and gives `None` once `stop` is set.
+    /// A free slot of `worker` ([`pick`]), once the copy out of it has
+    /// finished; waits while all of them are in use, and gives `None` once
+    /// `stop` is set.
     pub fn take(&self, worker: usize, stop: &AtomicBool) -> Result<Option<Lease>> {
         let home = &self.queues[worker];
         let mut free = home.free.lock().unwrap_or_else(|e| e.into_inner());
@@ -211,7 +234,7 @@ impl StagingPool {
             if stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            if let Some(mut slot) = free.pop() {
+            if let Some(mut slot) = pick(&mut free) {
                 drop(free);
                 if let Some(copied) = slot.copied.take() {
                     copied.synchronize()?;
@@ -330,6 +353,39 @@ mod tests {
             "{m}"
         );
         assert!(PoolPlan::new(2, 2, 300 * MIB, PinnedCap::new(2048, 1)).is_ok());
+    }
+
+    #[test]
+    fn slots_are_written_again_in_the_order_they_came_back() {
+        let plan = PoolPlan::new(1, 1, 4 * 10, alone(4 * 10 * 3)).unwrap();
+        assert_eq!((plan.workers, plan.slots_per_worker), (1, 3));
+        let pool = StagingPool::new(plan, 10, Device::Cpu).unwrap();
+        let stop = AtomicBool::new(false);
+        let take = || pool.take(0, &stop).unwrap().unwrap();
+        let at = |l: &Lease| l.buffer().data_ptr() as usize;
+        let (a, b, c) = (take(), take(), take());
+        let (pa, pb, pc) = (at(&a), at(&b), at(&c));
+        assert!(pa != pb && pb != pc && pa != pc);
+        // Handed back b, c, a: written again b, c, a (first in, first out),
+        // not a first (the one handed back last, whose copy on a GPU is the
+        // least likely to be done).
+        drop(b);
+        drop(c);
+        drop(a);
+        let again: Vec<Lease> = (0..3).map(|_| take()).collect();
+        assert_eq!(again.iter().map(at).collect::<Vec<_>>(), vec![pb, pc, pa]);
+        // One back at a time: the queue keeps its order across takes.
+        let mut again = again.into_iter();
+        let (x, y, z) = (
+            again.next().unwrap(),
+            again.next().unwrap(),
+            again.next().unwrap(),
+        );
+        drop(z);
+        drop(x);
+        assert_eq!(at(&take()), pa);
+        drop(y);
+        assert_eq!(at(&take()), pb);
     }
 
     #[test]
