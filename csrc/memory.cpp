@@ -34,23 +34,6 @@ extern "C" int eqco_is_pinned(const at::Tensor* t) {
   }
 }
 
-// An event recorded on the current stream of CUDA device `index`: it
-// completes when the work queued there so far (an asynchronous copy) has.
-extern "C" char* eqco_event_record(int index, c10::Event** out) {
-  EQCO_TRY({
-    c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
-    auto* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
-    auto* event = new c10::Event(c10::DeviceType::CUDA);
-    try {
-      event->record(impl->getStream(device));
-    } catch (...) {
-      delete event;
-      throw;
-    }
-    *out = event;
-  })
-}
-
 // A stream of CUDA device `index` from c10's pool (torch.cuda.Stream's
 // kind), for the copies of batches beside the compute stream.
 extern "C" char* eqco_copy_stream_new(int index, c10::Stream** out) {

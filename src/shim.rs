@@ -28,7 +28,6 @@ extern "C" {
     pub(crate) fn eqco_pinned_empty(numel: i64, int64: c_int, out: *mut *mut c_void)
         -> *mut c_char;
     pub(crate) fn eqco_is_pinned(t: *const c_void) -> c_int;
-    pub(crate) fn eqco_event_record(index: c_int, out: *mut *mut c_void) -> *mut c_char;
     pub(crate) fn eqco_event_synchronize(event: *mut c_void) -> *mut c_char;
     pub(crate) fn eqco_event_query(event: *const c_void, done: *mut c_int) -> *mut c_char;
     pub(crate) fn eqco_copy_stream_new(index: c_int, out: *mut *mut c_void) -> *mut c_char;

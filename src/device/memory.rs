@@ -46,22 +46,13 @@ pub fn upload(values: &[i64], device: Device) -> Result<Tensor> {
 }
 
 /// A CUDA event: it completes when the work queued on its stream before it
-/// was recorded (an asynchronous copy) has finished.
+/// was recorded (an asynchronous copy, [`CopyStream::copy`]) has finished.
 pub struct Event(*mut c_void);
 
 // SAFETY: a c10::Event may be recorded on one thread and waited on in another.
 unsafe impl Send for Event {}
 
 impl Event {
-    /// Records an event on the current stream of `device` (a GPU).
-    pub fn record(device: Device) -> Result<Event> {
-        let mut out: *mut c_void = std::ptr::null_mut();
-        // SAFETY: the shim writes a new `c10::Event*` on success.
-        let err = unsafe { shim::eqco_event_record(cuda_index(device), &mut out) };
-        shim::check("recording a CUDA event", err)?;
-        Ok(Event(out))
-    }
-
     /// Whether the event has completed, without waiting.
     pub fn query(&self) -> Result<bool> {
         let mut done: c_int = 0;

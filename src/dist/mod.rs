@@ -107,6 +107,9 @@ impl Group {
     /// `device`. Reaching the store and waiting for every rank is bounded
     /// by `timeouts.join`, every later wait by `timeouts.collective`.
     pub fn join(env: &Env, backend: Backend, timeouts: Timeouts, device: Device) -> Result<Group> {
+        if backend == Backend::Nccl {
+            env::check_nccl_error_handling(|k| std::env::var(k).ok())?;
+        }
         if env.serves_store() {
             check_port_free(&env.master_addr, env.master_port)?;
         }
