@@ -4,13 +4,20 @@
 // autograd functions (tch cannot define one): a gather whose backward sums
 // the gradient over ranks, and synchronised batch normalisation.
 #include <ATen/ATen.h>
+#include <c10/core/Event.h>
 #include <c10/core/GradMode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -19,6 +26,33 @@
 #include "shim.h"
 
 namespace eqco {
+
+// Time spent in the group's collectives. Gloo's run on the calling thread,
+// so the wall clock around each call measures them. NCCL's run on NCCL's
+// own stream, and `Work::wait()` only makes the compute stream wait for
+// them, so the host returns at once; they are measured on the device
+// instead, as torch's own NCCL timing does: an event recorded on the
+// compute stream before the collective is enqueued, and another after the
+// compute stream was made to wait for it, so that the interval is how long
+// the compute stream is held up by the collective (waiting for the peers
+// included). Reading an interval needs both events complete: finished ones
+// are read after each collective without waiting, the rest when the total
+// is asked for.
+struct CommClock {
+  bool on_device = false;
+  c10::Device device{c10::DeviceType::CPU};
+  double seconds = 0.0;
+  std::deque<std::pair<std::unique_ptr<c10::Event>, std::unique_ptr<c10::Event>>> pending;
+  std::mutex mutex;
+
+  // Adds the intervals whose end has completed, oldest first (caller holds `mutex`).
+  void add_finished() {
+    while (!pending.empty() && pending.front().second->query()) {
+      seconds += pending.front().first->elapsedTime(*pending.front().second) / 1000.0;
+      pending.pop_front();
+    }
+  }
+};
 
 struct Group {
   // This attempt's keys (a prefix of the job's store, which torchrun's
@@ -29,6 +63,7 @@ struct Group {
   int size;
   // Whether this process serves the store (rank 0 without torchrun's agent).
   bool serves_store;
+  CommClock clock;
 };
 
 #ifdef EQCO_WITH_NCCL
@@ -48,6 +83,57 @@ namespace {
 
 void wait(const c10::intrusive_ptr<c10d::Work>& work) { work->wait(); }
 
+// The device's current (compute) stream.
+c10::Stream compute_stream(const c10::Device& device) {
+  return c10::impl::getDeviceGuardImpl(device.type())->getStream(device);
+}
+
+// Adds the collective made during its lifetime to the group's clock (see
+// CommClock); construct it before the collective is enqueued and let it go
+// after its wait. Timing never fails the collective.
+class Timed {
+ public:
+  explicit Timed(Group* g) : clock_(g->clock), t0_(std::chrono::steady_clock::now()) {
+    if (!clock_.on_device) {
+      return;
+    }
+    try {
+      start_ = std::make_unique<c10::Event>(clock_.device.type(), c10::EventFlag::BACKEND_DEFAULT);
+      start_->record(compute_stream(clock_.device));
+    } catch (...) {
+      start_.reset();
+    }
+  }
+
+  ~Timed() {
+    try {
+      if (!clock_.on_device) {
+        double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+        std::lock_guard<std::mutex> lock(clock_.mutex);
+        clock_.seconds += s;
+        return;
+      }
+      if (!start_) {
+        return;
+      }
+      auto end = std::make_unique<c10::Event>(clock_.device.type(), c10::EventFlag::BACKEND_DEFAULT);
+      end->record(compute_stream(clock_.device));
+      std::lock_guard<std::mutex> lock(clock_.mutex);
+      clock_.pending.emplace_back(std::move(start_), std::move(end));
+      clock_.add_finished();
+    } catch (...) {
+    }
+  }
+
+  Timed(const Timed&) = delete;
+  Timed& operator=(const Timed&) = delete;
+
+ private:
+  CommClock& clock_;
+  std::chrono::steady_clock::time_point t0_;
+  std::unique_ptr<c10::Event> start_;
+};
+
 // The group's backend; an error once the group was left after a failure.
 c10d::Backend* live(Group* g) {
   if (!g->backend) {
@@ -58,23 +144,39 @@ c10d::Backend* live(Group* g) {
 
 void allreduce_sum(Group* g, at::Tensor& t) {
   std::vector<at::Tensor> ts{t};
+  Timed timed(g);
   wait(live(g)->allreduce(ts));
 }
 
-// The inputs of all ranks stacked along dimension 0, in rank order.
+// The inputs of all ranks stacked along dimension 0, in rank order:
+// gathered straight into one buffer (all_gather_into_tensor, c10d's
+// `_allgather_base`), which NCCL fills in place and Gloo implements too
+// (allgather_into_tensor_coalesced), rather than into a list of views of
+// it, which NCCL gathers into a buffer of its own and copies out W times.
 at::Tensor allgather(Group* g, const at::Tensor& input) {
   auto x = input.contiguous();
   auto sizes = x.sizes().vec();
   std::vector<int64_t> out_sizes = sizes;
   out_sizes[0] = sizes[0] * g->size;
   auto out = at::empty(out_sizes, x.options());
-  std::vector<at::Tensor> parts;
-  for (int r = 0; r < g->size; ++r) {
-    parts.push_back(out.narrow(0, r * sizes[0], sizes[0]));
-  }
-  std::vector<std::vector<at::Tensor>> outputs{parts};
-  std::vector<at::Tensor> inputs{x};
-  wait(live(g)->allgather(outputs, inputs));
+  Timed timed(g);
+  wait(live(g)->_allgather_base(out, x));
+  return out;
+}
+
+// Rank r's rows [r·n, (r + 1)·n) of the sum over ranks of `input` (W·n
+// rows): reduce_scatter_tensor, c10d's `_reduce_scatter_base`, which moves
+// half the bytes of an all-reduce followed by a slice under NCCL. Gloo
+// implements it too (on a copy of `input`, which it leaves unchanged).
+at::Tensor reduce_scatter_sum(Group* g, const at::Tensor& input) {
+  auto x = input.contiguous();
+  auto sizes = x.sizes().vec();
+  sizes[0] /= g->size;
+  auto out = at::empty(sizes, x.options());
+  c10d::ReduceScatterOptions opts;
+  opts.reduceOp = c10d::ReduceOp::SUM;
+  Timed timed(g);
+  wait(live(g)->_reduce_scatter_base(out, x, opts));
   return out;
 }
 
@@ -86,16 +188,12 @@ struct GatherWithGrad : public torch::autograd::Function<GatherWithGrad> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group) {
     auto* g = reinterpret_cast<Group*>(group);
     ctx->saved_data["group"] = group;
-    ctx->saved_data["rows"] = x.size(0);
     return allgather(g, x);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto* g = reinterpret_cast<Group*>(ctx->saved_data["group"].toInt());
-    int64_t rows = ctx->saved_data["rows"].toInt();
-    auto grad = grads[0].contiguous().clone();
-    allreduce_sum(g, grad);
-    return {grad.narrow(0, g->rank * rows, rows), at::Tensor()};
+    return {reduce_scatter_sum(g, grads[0]), at::Tensor()};
   }
 };
 
@@ -123,10 +221,29 @@ std::vector<int64_t> channel_shape(const at::Tensor& x) {
 // N. γ's and β's gradients stay local (the gradient all-reduce averages
 // them like every other parameter). Nothing here reads a value back to the
 // host, so nothing waits for a GPU.
+//
+// That is the CPU's path. On CUDA it runs through the fused kernels torch's
+// own SyncBatchNorm uses (torch/nn/modules/_functions.py), which read a
+// bfloat16 activation as it is, accumulate in float32, and write the
+// output and the input gradient in the activation's type, with no float32
+// copy of the activation: batch_norm_stats (this rank's mean and inverse
+// std), an all-gather of [mean, invstd, count] into one buffer,
+// batch_norm_gather_stats_with_counts (the global statistics, and the
+// running ones updated with the unbiased variance), batch_norm_elemt;
+// backward batch_norm_backward_reduce (Σdy, Σdy·(x − μ), γ's and β's
+// gradients), an all-reduce of the first two, batch_norm_backward_elemt.
+// torch drops the statistics of ranks with an empty batch first, which
+// reads the counts back to the host; every rank here has the same
+// positive share of the batch, so there are none to drop.
 struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
                             const at::Tensor& bias, at::Tensor running_mean, at::Tensor running_var,
                             double momentum, double eps, int64_t group) {
+    ctx->saved_data["fused"] = input.is_cuda();
+    if (input.is_cuda()) {
+      return forward_fused(ctx, input, weight, bias, running_mean, running_var, momentum, eps,
+                           group);
+    }
     auto* g = reinterpret_cast<Group*>(group);
     auto dims = reduced_dims(input);
     int64_t channels = input.size(1);
@@ -157,6 +274,9 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (ctx->saved_data["fused"].toBool()) {
+      return backward_fused(ctx, grads);
+    }
     auto* g = reinterpret_cast<Group*>(ctx->saved_data["group"].toInt());
     auto saved = ctx->get_saved_variables();
     auto input = saved[0];
@@ -191,6 +311,72 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
             at::Tensor(),
             at::Tensor(),
             at::Tensor()};
+  }
+
+  // Channels-last memory stays as it is (the kernels read it); any other
+  // layout is made contiguous, as torch does.
+  static at::Tensor kernel_layout(const at::Tensor& t) {
+    if (t.is_contiguous(at::MemoryFormat::ChannelsLast) ||
+        t.is_contiguous(at::MemoryFormat::ChannelsLast3d)) {
+      return t;
+    }
+    return t.contiguous();
+  }
+
+  static at::Tensor forward_fused(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                                  const at::Tensor& bias, at::Tensor& running_mean,
+                                  at::Tensor& running_var, double momentum, double eps,
+                                  int64_t group) {
+    auto* g = reinterpret_cast<Group*>(group);
+    auto input = kernel_layout(x);
+    auto weight = w.contiguous();
+    int64_t channels = input.size(1);
+    // This rank's statistics, in float32 for a bfloat16 input.
+    auto [mean, invstd] = at::batch_norm_stats(input, eps);
+    auto count = at::full({1}, static_cast<double>(input.numel() / channels), mean.options());
+    auto combined = at::cat({mean, invstd, count}, 0);
+    // [W, 2C + 1]: every rank's, gathered into one buffer.
+    auto all = allgather(g, combined.unsqueeze(0));
+    auto mean_all = all.narrow(1, 0, channels);
+    auto invstd_all = all.narrow(1, channels, channels);
+    auto count_all = all.narrow(1, 2 * channels, 1);
+    auto counts = count_all.reshape({-1});
+    if (counts.scalar_type() != running_mean.scalar_type()) {
+      counts = counts.to(running_mean.scalar_type());
+    }
+    at::Tensor global_mean, global_invstd;
+    {
+      c10::NoGradGuard no_grad;
+      std::tie(global_mean, global_invstd) = at::batch_norm_gather_stats_with_counts(
+          input, mean_all, invstd_all, running_mean, running_var, momentum, eps, counts);
+    }
+    ctx->save_for_backward({input, weight, global_mean, global_invstd, count_all.to(at::kInt)});
+    ctx->saved_data["group"] = group;
+    return at::batch_norm_elemt(input, weight, bias, global_mean, global_invstd, eps);
+  }
+
+  static variable_list backward_fused(AutogradContext* ctx, variable_list grads) {
+    auto* g = reinterpret_cast<Group*>(ctx->saved_data["group"].toInt());
+    auto saved = ctx->get_saved_variables();
+    auto input = saved[0];
+    auto weight = saved[1];
+    auto mean = saved[2];
+    auto invstd = saved[3];
+    auto counts = saved[4];
+    auto dy = kernel_layout(grads[0]);
+    // This rank's Σdy and Σdy·(x − μ), and γ's and β's gradients.
+    auto [sum_dy, sum_dy_xmu, grad_weight, grad_bias] = at::batch_norm_backward_reduce(
+        dy, input, mean, invstd, weight, /*input_g=*/true, /*weight_g=*/true, /*bias_g=*/true);
+    int64_t channels = sum_dy.size(0);
+    auto combined = at::cat({sum_dy, sum_dy_xmu}, 0);
+    allreduce_sum(g, combined);
+    auto total_dy = combined.narrow(0, 0, channels);
+    auto total_dy_xmu = combined.narrow(0, channels, channels);
+    auto w = weight.scalar_type() != mean.scalar_type() ? weight.to(mean.scalar_type()) : weight;
+    auto dx = at::batch_norm_backward_elemt(dy, input, mean, invstd, w, total_dy, total_dy_xmu,
+                                            counts);
+    return {dx,           grad_weight,  grad_bias,    at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -314,8 +500,72 @@ extern "C" char* eqco_group_new(int nccl, const char* host, int port, int rank, 
       gloo->devices = devices;
       backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, gloo);
     }
-    *out = new Group{store, backend, rank, size, serve != 0};
+    auto* g = new Group{store, backend, rank, size, serve != 0};
+    if (nccl) {
+      g->clock.on_device = true;
+      g->clock.device = c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(cuda_index));
+    }
+    *out = g;
   })
+}
+
+// Seconds spent in the group's collectives so far (see CommClock); waits
+// for the device to finish those still running.
+extern "C" char* eqco_group_comm_seconds(Group* g, double* out) {
+  EQCO_TRY({
+    std::lock_guard<std::mutex> lock(g->clock.mutex);
+    for (auto& interval : g->clock.pending) {
+      interval.second->synchronize();
+    }
+    g->clock.add_finished();
+    *out = g->clock.seconds;
+  })
+}
+
+namespace {
+
+using FatalReport = void (*)(const char*);
+std::atomic<FatalReport> fatal_report{nullptr};
+
+// What std::terminate runs once `eqco_report_fatal_with` installed it: the
+// exception that ends the process (a c10d thread's: NCCL's watchdog
+// rethrows a timed-out or failed collective on its own thread, which ends
+// in std::terminate and SIGABRT) is handed to the report, then the process
+// aborts as it would have.
+[[noreturn]] void on_terminate() {
+  std::string what = "std::terminate was called without an active exception";
+  if (auto e = std::current_exception()) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const c10::Error& x) {
+      what = x.what_without_backtrace();
+    } catch (const std::exception& x) {
+      what = x.what();
+    } catch (...) {
+      what = "an unknown C++ exception";
+    }
+  }
+  if (auto report = fatal_report.load()) {
+    report(what.c_str());
+  }
+  std::abort();
+}
+
+}  // namespace
+
+// Makes a C++ exception that would end the process (std::terminate, e.g.
+// from NCCL's watchdog thread) reach `report` with its message first.
+extern "C" void eqco_report_fatal_with(FatalReport report) {
+  fatal_report.store(report);
+  std::set_terminate(on_terminate);
+}
+
+// A thread that throws `what` and does not catch it, as NCCL's watchdog does
+// with a collective that timed out: the process ends through std::terminate
+// (for the test of `eqco_report_fatal_with`; never called otherwise).
+extern "C" void eqco_terminate_from_thread(const char* what) {
+  std::string message(what);
+  std::thread([message] { throw std::runtime_error(message); }).join();
 }
 
 // This rank failed with `message`: records it for the others (the first
@@ -408,13 +658,17 @@ extern "C" char* eqco_broadcast(Group* g, at::Tensor* t, int root) {
     std::vector<at::Tensor> ts{*t};
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
+    eqco::Timed timed(g);
     eqco::wait(eqco::live(g)->broadcast(ts, opts));
   })
 }
 
 // Waits until every rank has called it.
 extern "C" char* eqco_barrier(Group* g) {
-  EQCO_TRY(eqco::wait(eqco::live(g)->barrier()))
+  EQCO_TRY({
+    eqco::Timed timed(g);
+    eqco::wait(eqco::live(g)->barrier());
+  })
 }
 
 // Synchronised batch normalisation of `input` [N, C, …] in training mode

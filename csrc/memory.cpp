@@ -1,11 +1,16 @@
-// Host memory for batches bound for a GPU: page-locked (pinned) buffers, and
-// events that tell when an asynchronous copy out of one has finished, so
-// that the buffer can be written again. Only c10's device-generic API is
-// used, so this compiles against the CPU headers too; on a machine without
-// CUDA each call returns an error.
+// Host memory for batches bound for a GPU: page-locked (pinned) buffers,
+// the copy of a batch to the device on a side stream beside the compute
+// stream, and events that tell when such a copy has finished, so that the
+// buffer can be written again. Only c10's device-generic API is used, so
+// this compiles against the CPU headers too; on a machine without CUDA each
+// call returns an error.
 #include <ATen/ATen.h>
 #include <c10/core/Event.h>
+#include <c10/core/Stream.h>
+#include <c10/core/StreamGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include <memory>
 
 #include "shim.h"
 
@@ -29,21 +34,55 @@ extern "C" int eqco_is_pinned(const at::Tensor* t) {
   }
 }
 
-// An event recorded on the current stream of CUDA device `index`: it
-// completes when the work queued there so far (an asynchronous copy) has.
-extern "C" char* eqco_event_record(int index, c10::Event** out) {
+// A stream of CUDA device `index` from c10's pool (torch.cuda.Stream's
+// kind), for the copies of batches beside the compute stream.
+extern "C" char* eqco_copy_stream_new(int index, c10::Stream** out) {
   EQCO_TRY({
     c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
     auto* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
-    auto* event = new c10::Event(c10::DeviceType::CUDA);
-    try {
-      event->record(impl->getStream(device));
-    } catch (...) {
-      delete event;
-      throw;
-    }
-    *out = event;
+    *out = new c10::Stream(impl->getStreamFromGlobalPool(device, /*isHighPriority=*/false));
   })
+}
+
+// Frees a stream handle made by `eqco_copy_stream_new` (the stream itself
+// belongs to c10's pool).
+extern "C" void eqco_copy_stream_free(c10::Stream* stream) { delete stream; }
+
+// Copies the host tensor `src` (page-locked) to the device of `side`
+// without blocking the host, on `side` rather than the compute stream, so
+// that the copy overlaps the compute queued before it. What torch's CUDA
+// prefetchers do, step by step:
+// - the destination is allocated while `side` is current, so the caching
+//   allocator hands out memory that is free for `side`;
+// - the copy is queued on `side`, then an event after it (*copied: it
+//   completes when the copy has, and the host buffer may be written again);
+// - the compute stream (the device's current one) waits for that event
+//   before anything queued on it later reads the destination;
+// - the destination is recorded on the compute stream (Tensor.record_stream),
+//   so that, once freed, its memory is not reused by `side` before the
+//   compute stream's work queued until then has run.
+extern "C" char* eqco_copy_to_device(const at::Tensor* src, const c10::Stream* side,
+                                     at::Tensor** out, c10::Event** copied) {
+  EQCO_TRY({
+    auto* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+    c10::Stream compute = impl->getStream(side->device());
+    auto done = std::make_unique<c10::Event>(c10::DeviceType::CUDA);
+    at::Tensor dst;
+    {
+      c10::StreamGuard on_side(*side);
+      dst = src->to(side->device(), src->scalar_type(), /*non_blocking=*/true, /*copy=*/false);
+      done->record(*side);
+    }
+    done->block(compute);
+    impl->recordDataPtrOnStream(dst.storage().data_ptr(), compute);
+    *out = new at::Tensor(std::move(dst));
+    *copied = done.release();
+  })
+}
+
+// Whether `event` has completed (*done = 1), without waiting.
+extern "C" char* eqco_event_query(const c10::Event* event, int* done) {
+  EQCO_TRY(*done = event->query() ? 1 : 0)
 }
 
 // Blocks the calling thread until `event` has completed.

@@ -5,6 +5,7 @@
 #include <ATen/cpu/Utils.h>
 #include <ATen/Context.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/DeviceGuard.h>
 
 #include "shim.h"
 
@@ -49,14 +50,19 @@ extern "C" int eqco_autocast_state(int cuda) {
   return enabled | bf16;
 }
 
-// Whether the current CUDA device computes bfloat16 natively (compute
-// capability ≥ 8.0, as cuDNN's bfloat16 convolutions require); 0 without CUDA.
-extern "C" int eqco_cuda_native_bf16() {
+// Whether CUDA device `index` (the one this worker trains on, not whichever
+// is current) computes bfloat16 natively: compute capability ≥ 8.0, as
+// cuDNN's bfloat16 convolutions require. ATen asks the current device, so
+// the device is made current for the question and restored after it. 0
+// without CUDA or for an index beyond the visible devices.
+extern "C" int eqco_cuda_native_bf16(int index) {
   try {
-    if (!at::detail::getCUDAHooks().hasCUDA()) {
+    const auto& hooks = at::detail::getCUDAHooks();
+    if (!hooks.hasCUDA() || index < 0 || index >= hooks.getNumGPUs()) {
       return 0;
     }
-    return at::detail::getCUDAHooks().supportsBFloat16ConvolutionWithCuDNNv8() ? 1 : 0;
+    c10::DeviceGuard on(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index)));
+    return hooks.supportsBFloat16ConvolutionWithCuDNNv8() ? 1 : 0;
   } catch (...) {
     return 0;
   }

@@ -22,14 +22,22 @@ extern "C" {
         prev_dtype: c_int,
     ) -> *mut c_char;
     pub(crate) fn eqco_autocast_state(cuda: c_int) -> c_int;
-    pub(crate) fn eqco_cuda_native_bf16() -> c_int;
+    pub(crate) fn eqco_cuda_native_bf16(index: c_int) -> c_int;
     pub(crate) fn eqco_cpu_bf16_flags(out: *mut *mut c_char) -> *mut c_char;
 
     pub(crate) fn eqco_pinned_empty(numel: i64, int64: c_int, out: *mut *mut c_void)
         -> *mut c_char;
     pub(crate) fn eqco_is_pinned(t: *const c_void) -> c_int;
-    pub(crate) fn eqco_event_record(index: c_int, out: *mut *mut c_void) -> *mut c_char;
     pub(crate) fn eqco_event_synchronize(event: *mut c_void) -> *mut c_char;
+    pub(crate) fn eqco_event_query(event: *const c_void, done: *mut c_int) -> *mut c_char;
+    pub(crate) fn eqco_copy_stream_new(index: c_int, out: *mut *mut c_void) -> *mut c_char;
+    pub(crate) fn eqco_copy_stream_free(stream: *mut c_void);
+    pub(crate) fn eqco_copy_to_device(
+        src: *const c_void,
+        side: *const c_void,
+        out: *mut *mut c_void,
+        copied: *mut *mut c_void,
+    ) -> *mut c_char;
     pub(crate) fn eqco_event_free(event: *mut c_void);
 
     pub(crate) fn eqco_sgd_step(
@@ -71,6 +79,10 @@ extern "C" {
     pub(crate) fn eqco_group_fail(g: *mut c_void, message: *const c_char, linger_s: f64);
     pub(crate) fn eqco_group_cause(g: *mut c_void, wait_s: f64, out: *mut *mut c_char);
     pub(crate) fn eqco_group_free(g: *mut c_void);
+    pub(crate) fn eqco_group_comm_seconds(g: *mut c_void, out: *mut f64) -> *mut c_char;
+    pub(crate) fn eqco_report_fatal_with(report: extern "C" fn(*const c_char));
+    #[cfg(test)]
+    pub(crate) fn eqco_terminate_from_thread(what: *const c_char);
     pub(crate) fn eqco_all_reduce_sum(g: *mut c_void, t: *const c_void) -> *mut c_char;
     pub(crate) fn eqco_all_gather(
         g: *mut c_void,

@@ -304,6 +304,22 @@ fn the_staging_pool_stays_under_its_cap() {
     let l = loader(3, 4);
     let seen: Vec<usize> = l.epoch(0).flat_map(|b| b.unwrap().indices).collect();
     assert_eq!(seen, l.order(0));
+    // The cap is the machine's: two local processes share 8 MiB as 4 each.
+    let shared = Loader::new(
+        ds.clone(),
+        recipe(),
+        LoaderConfig {
+            batch_size: 64,
+            threads: 3,
+            prefetch: 2,
+            staging_mib: 8,
+            local_processes: 2,
+            stage_on_cpu: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(shared.staging_plan(2).unwrap(), tight);
     // Not even one batch fits: an error naming the key, at the first batch.
     let e = loader(2, 1)
         .epoch(0)

@@ -27,9 +27,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use super::staging::{Lease, PoolPlan, StagingPool};
+use super::staging::{Lease, PinnedCap, PoolPlan, StagingPool};
 use super::{Dataset, Recipe};
-use crate::device::memory::Event;
+use crate::device::memory::CopyStream;
 use crate::error::{Error, Result};
 use crate::seed::derive;
 
@@ -56,8 +56,12 @@ pub struct LoaderConfig {
     pub device: Device,
     /// Write the views channels-last (NHWC memory, seen as NCHW).
     pub channels_last: bool,
-    /// Cap of the staging pool, in MiB (the `pinned_memory_mib` key).
+    /// Cap of the staging pools of this machine, in MiB (the
+    /// `pinned_memory_mib` key), shared by its `local_processes`.
     pub staging_mib: usize,
+    /// Processes of this machine whose staging pools share `staging_mib`
+    /// (`LOCAL_WORLD_SIZE`): each gets an equal share.
+    pub local_processes: usize,
     /// Pass batches through the staging pool on the CPU too (always done
     /// for a GPU, where its buffers are page-locked): the same path, with
     /// plain memory and a copy, so that it can be tested without a GPU.
@@ -80,6 +84,7 @@ impl Default for LoaderConfig {
             device: Device::Cpu,
             channels_last: false,
             staging_mib: 4096,
+            local_processes: 1,
             stage_on_cpu: false,
             shard: (0, 1),
         }
@@ -221,9 +226,9 @@ impl Loader {
         })
     }
 
-    /// The staging pool's layout for batches of `views` views, under the
-    /// configured cap (an error naming `pinned_memory_mib` if not even one
-    /// batch fits).
+    /// The staging pool's layout for batches of `views` views, under this
+    /// process's share of the configured cap (an error naming
+    /// `pinned_memory_mib` if not even one batch fits).
     pub fn staging_plan(&self, views: usize) -> Result<PoolPlan> {
         PoolPlan::new(
             self.cfg.threads,
@@ -232,8 +237,13 @@ impl Loader {
                 views,
                 self.cfg.batch_size.min(self.images.len()) / self.cfg.shard.1.max(1),
             ),
-            self.cfg.staging_mib << 20,
+            self.pinned_cap(),
         )
+    }
+
+    /// The cap of page-locked memory and how many processes of this machine share it.
+    pub fn pinned_cap(&self) -> PinnedCap {
+        PinnedCap::new(self.cfg.staging_mib, self.cfg.local_processes)
     }
 
     /// Floats in one batch of `n` images (of the global batch: this rank's
@@ -333,6 +343,14 @@ impl Loader {
         } else {
             None
         };
+        let copies = if self.cfg.device.is_cuda() {
+            match CopyStream::new(self.cfg.device) {
+                Ok(s) => Some(s),
+                Err(e) => return Epoch::failed(e, self.recipe.clone()),
+            }
+        } else {
+            None
+        };
         let threads = pool.as_ref().map_or(self.cfg.threads, |p| p.plan().workers);
         let workers = threads.min(n_batches.saturating_sub(first)).max(1);
         let stop = Arc::new(AtomicBool::new(false));
@@ -380,7 +398,7 @@ impl Loader {
             next: first,
             first,
             n_batches,
-            device: self.cfg.device,
+            copies,
             recipe: self.recipe.clone(),
             channels_last: self.cfg.channels_last,
             waited: Duration::ZERO,
@@ -524,7 +542,8 @@ pub struct Epoch<B: Views = TwoViewBatch> {
     next: usize,
     first: usize,
     n_batches: usize,
-    device: Device,
+    /// The stream batches are copied to the GPU on (none on the CPU).
+    copies: Option<CopyStream>,
     recipe: Arc<Recipe>,
     channels_last: bool,
     waited: Duration,
@@ -543,7 +562,7 @@ impl<B: Views> Epoch<B> {
             next: 0,
             first: 0,
             n_batches: 1,
-            device: Device::Cpu,
+            copies: None,
             recipe,
             channels_last: false,
             waited: Duration::ZERO,
@@ -560,20 +579,20 @@ impl<B: Views> Epoch<B> {
     }
 
     /// The batch's buffer on the device. A staged batch is copied out of
-    /// its slot (without blocking, for a GPU), and the slot goes back to
-    /// its worker; on a GPU, with the event its next writer waits for.
+    /// its slot, and the slot goes back to its worker; for a GPU the copy
+    /// runs on the side stream without blocking ([`CopyStream::copy`]), and
+    /// the slot carries the event its next writer waits for.
     fn to_device(&self, host: &mut HostBatch) -> Result<Tensor> {
         let Some(lease) = host.lease.take() else {
             return Ok(host.buffer.shallow_clone());
         };
-        if self.device.is_cuda() {
-            let on_device = host
-                .buffer
-                .to_device_(self.device, Kind::Float, true, false);
-            lease.release_after(Event::record(self.device)?);
-            Ok(on_device)
-        } else {
-            Ok(host.buffer.copy())
+        match &self.copies {
+            Some(stream) => {
+                let (on_device, copied) = stream.copy(&host.buffer)?;
+                lease.release_after(copied);
+                Ok(on_device)
+            }
+            None => Ok(host.buffer.copy()),
         }
     }
 }

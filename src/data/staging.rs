@@ -7,8 +7,12 @@
 //! batch the consumer waits for. A slot goes back to its worker when the
 //! [`Lease`] on it is dropped; for a GPU the lease carries the event of the
 //! copy out of it, and the worker waits for that event (on its own thread)
-//! before it writes the slot again.
+//! before it writes the slot again. Free slots are queued in the order they
+//! came back, and a worker takes the first whose copy has finished (else
+//! the oldest): the slot handed back last is the one whose copy is least
+//! likely to be done.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -17,6 +21,50 @@ use tch::{Device, Kind, Tensor};
 
 use crate::device::memory::{pinned_empty, Event};
 use crate::error::{Error, Result};
+
+/// The cap of page-locked memory for batches: `pinned_memory_mib` holds for
+/// the whole machine, and each of its `local_processes` workers (one per
+/// GPU: `LOCAL_WORLD_SIZE`) gets an equal share, so that 8 workers of a node
+/// lock no more memory than one would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedCap {
+    /// The cap for the machine, in bytes.
+    pub node_bytes: usize,
+    /// Processes of this machine that share it (at least 1).
+    pub local_processes: usize,
+}
+
+impl PinnedCap {
+    /// `node_mib` MiB for the machine, shared by `local_processes` workers.
+    pub fn new(node_mib: usize, local_processes: usize) -> PinnedCap {
+        PinnedCap {
+            node_bytes: node_mib << 20,
+            local_processes: local_processes.max(1),
+        }
+    }
+
+    /// This process's share, in bytes.
+    pub fn process_bytes(&self) -> usize {
+        self.node_bytes / self.local_processes.max(1)
+    }
+}
+
+impl std::fmt::Display for PinnedCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        if self.local_processes > 1 {
+            write!(
+                f,
+                "{:.1} MiB per process ({:.0} MiB for the machine ÷ {} local processes)",
+                mib(self.process_bytes()),
+                mib(self.node_bytes),
+                self.local_processes
+            )
+        } else {
+            write!(f, "{:.0} MiB", mib(self.node_bytes))
+        }
+    }
+}
 
 /// How a pool is laid out under its cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,23 +79,23 @@ pub struct PoolPlan {
 }
 
 impl PoolPlan {
-    /// The largest pool of at most `cap_bytes` for `threads` workers with
-    /// `prefetch` batches ahead each, slots of `slot_bytes`: fewer slots per
-    /// worker first, then fewer workers; an error naming `pinned_memory_mib`
-    /// when not even one batch fits.
+    /// The largest pool within this process's share of `cap` for `threads`
+    /// workers with `prefetch` batches ahead each, slots of `slot_bytes`:
+    /// fewer slots per worker first, then fewer workers; an error naming
+    /// `pinned_memory_mib` when not even one batch fits.
     pub fn new(
         threads: usize,
         prefetch: usize,
         slot_bytes: usize,
-        cap_bytes: usize,
+        cap: PinnedCap,
     ) -> Result<PoolPlan> {
         let slot_bytes = slot_bytes.max(1);
+        let cap_bytes = cap.process_bytes();
         if slot_bytes > cap_bytes {
             return Err(Error::config(
                 "pinned_memory_mib",
                 format!(
-                    "{} MiB cannot hold one batch of {:.1} MiB; raise it or lower batch_size",
-                    cap_bytes >> 20,
+                    "{cap} cannot hold one batch of {:.1} MiB; raise it or lower batch_size",
                     slot_bytes as f64 / (1 << 20) as f64
                 ),
             ));
@@ -90,9 +138,20 @@ struct Slot {
     copied: Option<Event>,
 }
 
-/// One worker's free slots.
+impl Slot {
+    /// Whether the copy out of it has finished (or there was none). An
+    /// event that cannot be asked counts as finished: waiting on it then
+    /// reports the error.
+    fn ready(&self) -> bool {
+        self.copied
+            .as_ref()
+            .is_none_or(|e| e.query().unwrap_or(true))
+    }
+}
+
+/// One worker's free slots, in the order they came back.
 struct SlotQueue {
-    free: Mutex<Vec<Slot>>,
+    free: Mutex<VecDeque<Slot>>,
     returned: Condvar,
 }
 
@@ -101,9 +160,16 @@ impl SlotQueue {
         self.free
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(slot);
+            .push_back(slot);
         self.returned.notify_one();
     }
+}
+
+/// The slot to write next: the first (oldest returned) whose copy has
+/// finished, else the oldest.
+fn pick(free: &mut VecDeque<Slot>) -> Option<Slot> {
+    let at = free.iter().position(Slot::ready).unwrap_or(0);
+    free.remove(at)
 }
 
 /// The pool: each worker's slots.
@@ -119,14 +185,14 @@ impl StagingPool {
     pub fn new(plan: PoolPlan, slot_len: usize, device: Device) -> Result<StagingPool> {
         let mut queues = Vec::with_capacity(plan.workers);
         for _ in 0..plan.workers {
-            let mut free = Vec::with_capacity(plan.slots_per_worker);
+            let mut free = VecDeque::with_capacity(plan.slots_per_worker);
             for _ in 0..plan.slots_per_worker {
                 let buffer = if device.is_cuda() {
                     pinned_empty(slot_len, Kind::Float)?
                 } else {
                     Tensor::empty([slot_len as i64], (Kind::Float, Device::Cpu))
                 };
-                free.push(Slot {
+                free.push_back(Slot {
                     buffer,
                     copied: None,
                 });
@@ -158,8 +224,9 @@ impl StagingPool {
         self.queues.len() * self.plan.slots_per_worker * self.slot_len * 4
     }
 
-    /// A free slot of `worker`, once the copy out of it has finished;
-    /// waits while all of them are in use, and gives `None` once `stop` is set.
+    /// A free slot of `worker` ([`pick`]), once the copy out of it has
+    /// finished; waits while all of them are in use, and gives `None` once
+    /// `stop` is set.
     pub fn take(&self, worker: usize, stop: &AtomicBool) -> Result<Option<Lease>> {
         let home = &self.queues[worker];
         let mut free = home.free.lock().unwrap_or_else(|e| e.into_inner());
@@ -167,7 +234,7 @@ impl StagingPool {
             if stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            if let Some(mut slot) = free.pop() {
+            if let Some(mut slot) = pick(&mut free) {
                 drop(free);
                 if let Some(copied) = slot.copied.take() {
                     copied.synchronize()?;
@@ -224,22 +291,30 @@ mod tests {
 
     const MIB: usize = 1 << 20;
 
+    /// A cap of `bytes` for a process alone on its machine.
+    fn alone(bytes: usize) -> PinnedCap {
+        PinnedCap {
+            node_bytes: bytes,
+            local_processes: 1,
+        }
+    }
+
     #[test]
     fn the_plan_fits_under_the_cap() {
         // Room for everything: prefetch + 2 slots per worker.
-        let p = PoolPlan::new(4, 2, MIB, 64 * MIB).unwrap();
+        let p = PoolPlan::new(4, 2, MIB, alone(64 * MIB)).unwrap();
         assert_eq!((p.workers, p.slots_per_worker), (4, 4));
         // Tighter: fewer slots per worker first.
-        let p = PoolPlan::new(4, 2, MIB, 9 * MIB).unwrap();
+        let p = PoolPlan::new(4, 2, MIB, alone(9 * MIB)).unwrap();
         assert_eq!((p.workers, p.slots_per_worker), (4, 2));
         assert!(p.total_bytes() <= 9 * MIB);
         // Tighter still: fewer workers, one slot each.
-        let p = PoolPlan::new(16, 2, 147 * MIB, 1024 * MIB).unwrap();
+        let p = PoolPlan::new(16, 2, 147 * MIB, alone(1024 * MIB)).unwrap();
         assert_eq!((p.workers, p.slots_per_worker), (6, 1));
         assert!(p.total_bytes() <= 1024 * MIB);
         for threads in 1..40 {
             for cap in [1, 3, 7, 50, 4096] {
-                let p = PoolPlan::new(threads, 2, 3 * MIB, cap * MIB + MIB / 2);
+                let p = PoolPlan::new(threads, 2, 3 * MIB, alone(cap * MIB + MIB / 2));
                 match p {
                     Ok(p) => {
                         assert!(p.total_bytes() <= cap * MIB + MIB / 2, "{threads} {cap}");
@@ -255,8 +330,67 @@ mod tests {
     }
 
     #[test]
+    fn the_cap_holds_for_the_machine_and_is_shared_by_its_processes() {
+        // The default 4096 MiB on a node of 8 GPU workers: 512 MiB each, so
+        // the node locks 4096 MiB in all, not 8 × 4096.
+        let node = PinnedCap::new(4096, 8);
+        assert_eq!(node.process_bytes(), 512 * MIB);
+        let slot = 147 * MIB;
+        let shared = PoolPlan::new(16, 2, slot, node).unwrap();
+        assert!(8 * shared.total_bytes() <= 4096 * MIB, "{shared}");
+        assert_eq!((shared.workers, shared.slots_per_worker), (3, 1));
+        let single = PoolPlan::new(16, 2, slot, PinnedCap::new(4096, 1)).unwrap();
+        assert_eq!((single.workers, single.slots_per_worker), (16, 1));
+        // Zero local processes (never from the launcher) count as one.
+        assert_eq!(PinnedCap::new(64, 0).process_bytes(), 64 * MIB);
+        // A share too small for one batch: the error says how it was divided.
+        let e = PoolPlan::new(2, 2, 300 * MIB, PinnedCap::new(2048, 8)).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("`pinned_memory_mib`")
+                && m.contains("256.0 MiB per process")
+                && m.contains("÷ 8 local processes"),
+            "{m}"
+        );
+        assert!(PoolPlan::new(2, 2, 300 * MIB, PinnedCap::new(2048, 1)).is_ok());
+    }
+
+    #[test]
+    fn slots_are_written_again_in_the_order_they_came_back() {
+        let plan = PoolPlan::new(1, 1, 4 * 10, alone(4 * 10 * 3)).unwrap();
+        assert_eq!((plan.workers, plan.slots_per_worker), (1, 3));
+        let pool = StagingPool::new(plan, 10, Device::Cpu).unwrap();
+        let stop = AtomicBool::new(false);
+        let take = || pool.take(0, &stop).unwrap().unwrap();
+        let at = |l: &Lease| l.buffer().data_ptr() as usize;
+        let (a, b, c) = (take(), take(), take());
+        let (pa, pb, pc) = (at(&a), at(&b), at(&c));
+        assert!(pa != pb && pb != pc && pa != pc);
+        // Handed back b, c, a: written again b, c, a (first in, first out),
+        // not a first (the one handed back last, whose copy on a GPU is the
+        // least likely to be done).
+        drop(b);
+        drop(c);
+        drop(a);
+        let again: Vec<Lease> = (0..3).map(|_| take()).collect();
+        assert_eq!(again.iter().map(at).collect::<Vec<_>>(), vec![pb, pc, pa]);
+        // One back at a time: the queue keeps its order across takes.
+        let mut again = again.into_iter();
+        let (x, y, z) = (
+            again.next().unwrap(),
+            again.next().unwrap(),
+            again.next().unwrap(),
+        );
+        drop(z);
+        drop(x);
+        assert_eq!(at(&take()), pa);
+        drop(y);
+        assert_eq!(at(&take()), pb);
+    }
+
+    #[test]
     fn the_pool_holds_what_the_plan_says_and_slots_come_back() {
-        let plan = PoolPlan::new(2, 1, 4 * 100, 4 * 100 * 4).unwrap();
+        let plan = PoolPlan::new(2, 1, 4 * 100, alone(4 * 100 * 4)).unwrap();
         assert_eq!((plan.workers, plan.slots_per_worker), (2, 2));
         let pool = StagingPool::new(plan, 100, Device::Cpu).unwrap();
         assert_eq!(pool.bytes(), plan.total_bytes());

@@ -45,25 +45,21 @@ pub fn upload(values: &[i64], device: Device) -> Result<Tensor> {
     Ok(pinned.to_device_(device, Kind::Int64, true, false))
 }
 
-/// A CUDA event: it completes when the work queued on the device's current
-/// stream before it was recorded (an asynchronous copy) has finished.
+/// A CUDA event: it completes when the work queued on its stream before it
+/// was recorded (an asynchronous copy, [`CopyStream::copy`]) has finished.
 pub struct Event(*mut c_void);
 
 // SAFETY: a c10::Event may be recorded on one thread and waited on in another.
 unsafe impl Send for Event {}
 
 impl Event {
-    /// Records an event on the current stream of `device` (a GPU).
-    pub fn record(device: Device) -> Result<Event> {
-        let index = match device {
-            Device::Cuda(i) => i as c_int,
-            _ => 0,
-        };
-        let mut out: *mut c_void = std::ptr::null_mut();
-        // SAFETY: the shim writes a new `c10::Event*` on success.
-        let err = unsafe { shim::eqco_event_record(index, &mut out) };
-        shim::check("recording a CUDA event", err)?;
-        Ok(Event(out))
+    /// Whether the event has completed, without waiting.
+    pub fn query(&self) -> Result<bool> {
+        let mut done: c_int = 0;
+        // SAFETY: a live event made by the shim.
+        let err = unsafe { shim::eqco_event_query(self.0, &mut done) };
+        shim::check("querying a CUDA event", err)?;
+        Ok(done != 0)
     }
 
     /// Blocks the calling thread until the event has completed.
@@ -71,6 +67,55 @@ impl Event {
         // SAFETY: a live event made by `record`.
         let err = unsafe { shim::eqco_event_synchronize(self.0) };
         shim::check("waiting for a CUDA event", err)
+    }
+}
+
+/// A CUDA stream beside the compute stream, for copies of batches to the
+/// device that overlap the compute queued before them.
+pub struct CopyStream(*mut c_void);
+
+// SAFETY: a c10::Stream is a plain handle to a stream that any thread may use.
+unsafe impl Send for CopyStream {}
+unsafe impl Sync for CopyStream {}
+
+impl CopyStream {
+    /// A stream of GPU `device` from c10's pool; an error on the CPU.
+    pub fn new(device: Device) -> Result<CopyStream> {
+        let mut out: *mut c_void = std::ptr::null_mut();
+        // SAFETY: the shim writes a new `c10::Stream*` on success.
+        let err = unsafe { shim::eqco_copy_stream_new(cuda_index(device), &mut out) };
+        shim::check("a CUDA stream for copies", err)?;
+        Ok(CopyStream(out))
+    }
+
+    /// `host` (page-locked) copied to the stream's device without blocking:
+    /// the copy runs on this stream, the compute stream waits for it before
+    /// its later work reads the copy, and the copy's memory is not reused
+    /// before the compute stream is done with it. Also returns the event
+    /// after which `host` may be written again.
+    pub fn copy(&self, host: &Tensor) -> Result<(Tensor, Event)> {
+        let (mut out, mut copied): (*mut c_void, *mut c_void) =
+            (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: a live tensor and stream; a new tensor and event come back.
+        let err =
+            unsafe { shim::eqco_copy_to_device(shim::ptr(host), self.0, &mut out, &mut copied) };
+        shim::check("copying a batch to the GPU", err)?;
+        // SAFETY: a fresh tensor owned by nobody else; a fresh event.
+        Ok((unsafe { shim::tensor_from(out) }, Event(copied)))
+    }
+}
+
+impl Drop for CopyStream {
+    fn drop(&mut self) {
+        // SAFETY: made by `new`, freed once.
+        unsafe { shim::eqco_copy_stream_free(self.0) }
+    }
+}
+
+fn cuda_index(device: Device) -> c_int {
+    match device {
+        Device::Cuda(i) => i as c_int,
+        _ => 0,
     }
 }
 

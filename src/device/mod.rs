@@ -79,10 +79,10 @@ pub enum MemoryFormat {
 /// or `None` when it does not.
 pub fn native_bf16(device: Device) -> Option<String> {
     match device {
-        Device::Cuda(_) => {
-            // SAFETY: reads a device property; no pointers cross.
-            let ok = unsafe { shim::eqco_cuda_native_bf16() } != 0;
-            ok.then(|| "GPU compute capability ≥ 8.0".to_string())
+        Device::Cuda(i) => {
+            // SAFETY: reads a property of device i; no pointers cross.
+            let ok = unsafe { shim::eqco_cuda_native_bf16(i as c_int) } != 0;
+            ok.then(|| format!("cuda:{i} has compute capability ≥ 8.0"))
         }
         _ => {
             let flags = cpu_bf16_flags();
@@ -416,5 +416,21 @@ mod tests {
         // This machine's own answer goes through the same function.
         let (c, _, _) = Compute::resolve(Precision::Auto, MemoryFormat::ChannelsLast, Device::Cpu);
         assert_eq!(c.bf16, native_bf16(Device::Cpu).is_some());
+    }
+
+    #[test]
+    fn the_gpu_asked_about_is_the_one_named() {
+        // A device beyond the visible ones has no capability to report (on
+        // a machine without CUDA, every index is beyond): no answer, no error.
+        let visible = tch::Cuda::device_count() as usize;
+        for i in [visible, visible + 3] {
+            assert_eq!(native_bf16(Device::Cuda(i)), None, "cuda:{i}");
+        }
+        // Each visible GPU is asked about itself, and named in the answer.
+        for i in 0..visible {
+            if let Some(why) = native_bf16(Device::Cuda(i)) {
+                assert!(why.starts_with(&format!("cuda:{i} ")), "{why}");
+            }
+        }
     }
 }

@@ -233,6 +233,29 @@ pub fn slurm_tasks_on_node(spec: &str, node: usize) -> Result<usize> {
     )))
 }
 
+/// Checks that NCCL's own handling of failed and timed-out collectives is
+/// on (`TORCH_NCCL_ASYNC_ERROR_HANDLING`, or its old name
+/// `NCCL_ASYNC_ERROR_HANDLING`; torch 2.11's default is 3): with 0 its
+/// watchdog only logs a collective that timed out, and a rank whose peer
+/// hung would wait forever. An error naming the variable otherwise.
+pub fn check_nccl_error_handling(get: impl Fn(&str) -> Option<String>) -> Result<()> {
+    for name in [
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+        "NCCL_ASYNC_ERROR_HANDLING",
+    ] {
+        let Some(raw) = get(name) else { continue };
+        return match raw.trim().parse::<u32>() {
+            Ok(1..=3) => Ok(()),
+            Ok(0) => Err(Error::config(
+                name,
+                "0 turns off NCCL's handling of timed-out collectives, so a hung peer would hang the job; unset it (torch's default, 3) or set 1 to 3",
+            )),
+            _ => Err(Error::config(name, format!("'{raw}' (must be 1, 2 or 3)"))),
+        };
+    }
+    Ok(())
+}
+
 /// Whether this run is a restart of an earlier attempt: torchrun's
 /// (`TORCHELASTIC_RESTART_COUNT` > 0) or a requeued SLURM job's
 /// (`SLURM_RESTART_COUNT` > 0). Such a run resumes on its own.
@@ -501,6 +524,32 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(e.local_world_size, 7);
+    }
+
+    #[test]
+    fn nccl_keeps_its_error_handling() {
+        assert!(check_nccl_error_handling(lookup(&[])).is_ok());
+        for v in ["1", "2", "3", " 3 "] {
+            let vars = [("TORCH_NCCL_ASYNC_ERROR_HANDLING", v)];
+            assert!(check_nccl_error_handling(lookup(&vars)).is_ok(), "{v}");
+        }
+        for (name, v) in [
+            ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0"),
+            ("NCCL_ASYNC_ERROR_HANDLING", "0"),
+            ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "yes"),
+        ] {
+            let e = check_nccl_error_handling(lookup(&[(name, v)])).unwrap_err();
+            assert!(
+                e.is_usage() && e.to_string().contains(&format!("`{name}`")),
+                "{e}"
+            );
+        }
+        // The current name wins over the old one, as in torch.
+        let both = [
+            ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3"),
+            ("NCCL_ASYNC_ERROR_HANDLING", "0"),
+        ];
+        assert!(check_nccl_error_handling(lookup(&both)).is_ok());
     }
 
     #[test]

@@ -189,9 +189,14 @@ fn stop(workers: &mut [Child], signal: i32) {
     }
 }
 
+/// How a worker that left no error file ended.
 fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(libc::SIGABRT)) => format!(
+            "killed by signal {} (SIGABRT): it aborted, most likely NCCL's watchdog ending it after a collective timed out (dist_timeout) or failed; its stderr above has the watchdog's message",
+            libc::SIGABRT
+        ),
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => "ended".to_string(),
     }
@@ -205,4 +210,28 @@ fn free_port() -> Result<u16> {
         .local_addr()
         .map(|a| a.port())
         .map_err(|e| Error::io("a local TCP port", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn an_abort_is_read_as_the_nccl_watchdogs() {
+        // Raw wait statuses: a signal in the low bits, an exit code above them.
+        let aborted = describe(ExitStatus::from_raw(libc::SIGABRT));
+        assert!(
+            aborted.starts_with("killed by signal 6 (SIGABRT)")
+                && aborted.contains("NCCL's watchdog")
+                && aborted.contains("dist_timeout")
+                && aborted.contains("stderr"),
+            "{aborted}"
+        );
+        assert_eq!(
+            describe(ExitStatus::from_raw(libc::SIGKILL)),
+            "killed by signal 9"
+        );
+        assert_eq!(describe(ExitStatus::from_raw(2 << 8)), "exited with code 2");
+    }
 }

@@ -22,7 +22,7 @@ pub use env::Env;
 
 use std::ffi::{c_int, c_void, CString};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,8 +80,6 @@ pub struct Group {
     pub rank: usize,
     /// Processes in the group.
     pub size: usize,
-    /// Nanoseconds spent inside collectives (the communication share).
-    comm_ns: AtomicU64,
     /// A failure inside a layer's forward pass (synchronised BN), which
     /// cannot return an error there; the trainer takes it after the step.
     failure: Mutex<Option<String>>,
@@ -109,6 +107,9 @@ impl Group {
     /// `device`. Reaching the store and waiting for every rank is bounded
     /// by `timeouts.join`, every later wait by `timeouts.collective`.
     pub fn join(env: &Env, backend: Backend, timeouts: Timeouts, device: Device) -> Result<Group> {
+        if backend == Backend::Nccl {
+            env::check_nccl_error_handling(|k| std::env::var(k).ok())?;
+        }
         if env.serves_store() {
             check_port_free(&env.master_addr, env.master_port)?;
         }
@@ -166,11 +167,11 @@ impl Group {
                 timeouts.join.as_secs_f64()
             ))
         })?;
+        report_fatal_errors(env.rank);
         Ok(Group {
             ptr,
             rank: env.rank,
             size: env.world_size,
-            comm_ns: AtomicU64::new(0),
             failure: Mutex::new(None),
         })
     }
@@ -203,11 +204,10 @@ impl Group {
         Some(text)
     }
 
+    /// Runs the collective `call` (the shim times it: [`Group::comm_seconds`])
+    /// and names its failure.
     fn timed(&self, what: &str, call: impl FnOnce() -> *mut std::ffi::c_char) -> Result<()> {
-        let start = Instant::now();
         let err = call();
-        self.comm_ns
-            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         shim::check(what, err).map_err(|e| self.failed(e))
     }
 
@@ -355,9 +355,17 @@ impl Group {
         })
     }
 
-    /// Seconds spent inside collectives so far.
-    pub fn comm_seconds(&self) -> f64 {
-        self.comm_ns.load(Ordering::Relaxed) as f64 * 1e-9
+    /// Seconds spent in collectives so far, those inside backward passes
+    /// (SyncBN's, the gathers') included: on Gloo the wall clock around each,
+    /// on NCCL how long each held up the compute stream, measured with CUDA
+    /// events (`Work::wait` there returns before the collective has run).
+    /// Waits for the collectives still running on the device.
+    pub fn comm_seconds(&self) -> Result<f64> {
+        let mut seconds = 0.0;
+        // SAFETY: a live group; a number comes back.
+        let err = unsafe { shim::eqco_group_comm_seconds(self.ptr, &mut seconds) };
+        shim::check("reading the time spent in collectives", err)?;
+        Ok(seconds)
     }
 
     /// Records a failure that a forward pass could not return.
@@ -393,6 +401,46 @@ impl Drop for Group {
         // SAFETY: made by `join`, freed once.
         unsafe { shim::eqco_group_free(self.ptr) }
     }
+}
+
+/// The rank that [`report_fatal`] names (set when a group is joined).
+static FATAL_RANK: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes a C++ exception that ends the process from one of c10d's threads
+/// the rank's error, named like any other (on stderr and in the launcher's
+/// error file, `EQCO_ERROR_FILE` or torchrun's `TORCHELASTIC_ERROR_FILE`),
+/// before the process aborts. That is how a NCCL collective that timed out
+/// ends: NCCL's watchdog (`TORCH_NCCL_ASYNC_ERROR_HANDLING`, on by default in
+/// torch 2.11) rethrows it on its own thread, which ends in std::terminate.
+pub fn report_fatal_errors(rank: usize) {
+    FATAL_RANK.store(rank, Ordering::SeqCst);
+    // SAFETY: installs a plain function that lives as long as the program.
+    unsafe { shim::eqco_report_fatal_with(report_fatal) }
+}
+
+extern "C" fn report_fatal(what: *const std::ffi::c_char) {
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: a NUL-terminated string the shim keeps alive during the call.
+        let what = unsafe { std::ffi::CStr::from_ptr(what) }.to_string_lossy();
+        let message = fatal_message(FATAL_RANK.load(Ordering::SeqCst), &what);
+        eprintln!("error: {message}");
+        env::record_error(&message);
+    });
+}
+
+/// The error of rank `rank` ended by the C++ exception `what` on a c10d
+/// thread, with what it most likely means when NCCL's watchdog threw it.
+pub fn fatal_message(rank: usize, what: &str) -> String {
+    let what = what.trim();
+    let watchdog = ["watchdog", "nccl", "timed out", "timeout"]
+        .iter()
+        .any(|w| what.to_ascii_lowercase().contains(w));
+    let hint = if watchdog {
+        " (NCCL's watchdog ended the process: a collective timed out after dist_timeout or failed, most often because another rank died, hung or took another path; the first failing rank's error is the cause)"
+    } else {
+        ""
+    };
+    format!("rank {rank}: the process was ended by a C++ exception on one of c10d's threads: {what}{hint}")
 }
 
 /// How long a failing rank that serves the store keeps it up for the
@@ -486,9 +534,9 @@ impl World {
         }
     }
 
-    /// Seconds spent in collectives so far.
-    pub fn comm_seconds(&self) -> f64 {
-        self.group.as_ref().map_or(0.0, |g| g.comm_seconds())
+    /// Seconds spent in collectives so far ([`Group::comm_seconds`]; none alone).
+    pub fn comm_seconds(&self) -> Result<f64> {
+        self.group.as_ref().map_or(Ok(0.0), |g| g.comm_seconds())
     }
 
     /// The rows `[rank·n, (rank + 1)·n)` of a global batch of `global` rows.
@@ -513,6 +561,59 @@ mod tests {
         assert!(
             e.is_usage() && e.to_string().contains("`dist_backend`"),
             "{e}"
+        );
+    }
+
+    /// The child of [`a_watchdogs_exception_becomes_the_ranks_error`] (run
+    /// by it alone, hence ignored): a thread throws the way NCCL's watchdog
+    /// does, and the process aborts.
+    #[test]
+    #[ignore = "the child process of a_watchdogs_exception_becomes_the_ranks_error"]
+    fn fatal_child() {
+        let what = std::env::var("EQCO_TEST_FATAL").expect("run by its parent test");
+        report_fatal_errors(3);
+        let what = CString::new(what).unwrap();
+        // SAFETY: a live C string; the call does not return.
+        unsafe { shim::eqco_terminate_from_thread(what.as_ptr()) };
+        unreachable!("std::terminate returned");
+    }
+
+    #[test]
+    fn a_watchdogs_exception_becomes_the_ranks_error() {
+        use std::os::unix::process::ExitStatusExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let (plain, json) = (tmp.path().join("plain"), tmp.path().join("json"));
+        let what = "[PG ID 0 PG GUID 0 Rank 3] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, OpType=ALLREDUCE, NumelIn=9, NumelOut=9, Timeout(ms)=1000) ran for 1007 milliseconds before timing out.";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "dist::tests::fatal_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("EQCO_TEST_FATAL", what)
+            .env(env::ERROR_FILE, &plain)
+            .env(env::TORCHELASTIC_ERROR_FILE, &json)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{out:?}");
+        let written = std::fs::read_to_string(&plain).unwrap();
+        assert!(written.starts_with("rank 3: "), "{written}");
+        assert!(
+            written.contains(what) && written.contains("dist_timeout"),
+            "{written}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(v["message"]["message"], written.as_str());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("error: {written}")), "{stderr}");
+        // Another exception is named without the watchdog's reading.
+        let m = fatal_message(1, "bad_alloc");
+        assert!(
+            m.starts_with("rank 1: ") && m.contains("bad_alloc") && !m.contains("NCCL"),
+            "{m}"
         );
     }
 

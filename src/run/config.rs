@@ -156,8 +156,9 @@ pub struct PretrainConfig {
     /// On a GPU, let cuDNN time its convolution algorithms and keep the
     /// fastest (results then differ in the last bits between runs).
     pub cudnn_benchmark: bool,
-    /// Cap of the pool of page-locked batch buffers the loader fills for a
-    /// GPU, in MiB.
+    /// Cap of the pools of page-locked batch buffers the loaders fill for a
+    /// GPU, in MiB, for the whole machine: its local workers
+    /// (`LOCAL_WORLD_SIZE`) share it equally.
     pub pinned_memory_mib: usize,
     /// Batch normalisation across devices: `sync` (statistics of the global
     /// batch), `shuffle` (MoCo's: keys from a batch shuffled across ranks

@@ -141,7 +141,8 @@ impl<'a> Trainer<'a> {
         let start = Instant::now();
         let (compute, precision, warning) =
             Compute::resolve(cfg.precision, cfg.memory_format, opts.device);
-        if let Some(w) = warning {
+        // Every rank resolves the same precision; rank 0 alone says so.
+        if let Some(w) = warning.filter(|_| opts.world.is_main()) {
             eprintln!("warning: {w}");
         }
         if opts.device.is_cuda() {
@@ -175,6 +176,7 @@ impl<'a> Trainer<'a> {
                 device: opts.device,
                 channels_last: compute.channels_last,
                 staging_mib: cfg.pinned_memory_mib,
+                local_processes: world.local_size,
                 shard: (world.rank, world.size),
                 ..Default::default()
             },
@@ -333,9 +335,9 @@ impl<'a> Trainer<'a> {
         );
         if opts.device.is_cuda() {
             eprintln!(
-                "pinned batch pool: {} (pinned_memory_mib = {}); figures read every {} steps",
+                "pinned batch pool: {} (pinned_memory_mib: {}); figures read every {} steps",
                 self.loader.staging_plan(2)?,
-                cfg.pinned_memory_mib,
+                self.loader.pinned_cap(),
                 cfg.log_every(opts.device)
             );
         }
@@ -502,7 +504,7 @@ impl<'a> Trainer<'a> {
         let (cfg, opts, world) = (self.cfg, self.opts, &self.opts.world);
         let loop_seconds = self.loop_start.elapsed().as_secs_f64();
         let (img_per_s_sum, steps_run) = (self.record.img_per_s_sum, self.record.steps);
-        let comm_share = world.comm_seconds() / loop_seconds.max(1e-9);
+        let comm_share = world.comm_seconds()? / loop_seconds.max(1e-9);
         let out = &opts.out;
         // Rank 0 has the whole record (a resumed run's earlier steps too);
         // the others, this invocation's steps.
