@@ -98,7 +98,7 @@ pub struct SweepConfig {
 }
 
 /// The sweep presets compiled into the binary: `(name, TOML)`.
-pub const SWEEP_PRESETS: [(&str, &str); 12] = [
+pub const SWEEP_PRESETS: [(&str, &str); 13] = [
     (
         "fmnist-simo-k",
         include_str!("../presets/sweeps/fmnist-simo-k.toml"),
@@ -134,6 +134,10 @@ pub const SWEEP_PRESETS: [(&str, &str); 12] = [
     (
         "fmnist-simo-k-paired",
         include_str!("../presets/sweeps/fmnist-simo-k-paired.toml"),
+    ),
+    (
+        "fmnist-simo-k16-more-seeds",
+        include_str!("../presets/sweeps/fmnist-simo-k16-more-seeds.toml"),
     ),
     (
         "fmnist-mocov2-k-paired",
