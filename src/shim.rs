@@ -43,6 +43,11 @@ extern "C" {
         first: c_int,
     ) -> *mut c_char;
     pub(crate) fn eqco_zero(ts: *const *const c_void, n: i64) -> *mut c_char;
+    pub(crate) fn eqco_nonfinite(
+        ts: *const *const c_void,
+        n: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
     pub(crate) fn eqco_lerp(
         keys: *const *const c_void,
         queries: *const *const c_void,
