@@ -429,3 +429,11 @@ extern "C" char* eqco_sync_batch_norm(Group* g, const at::Tensor* input, const a
                                                      reinterpret_cast<int64_t>(g)));
   })
 }
+
+namespace eqco {
+
+c10d::Backend* backend_of(Group* g) { return live(g); }
+
+int group_size(Group* g) { return g->size; }
+
+}  // namespace eqco

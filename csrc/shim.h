@@ -10,6 +10,10 @@
 #include <exception>
 #include <string>
 
+namespace c10d {
+class Backend;
+}  // namespace c10d
+
 namespace eqco {
 
 inline char* c_string(const char* what) {
@@ -19,6 +23,16 @@ inline char* c_string(const char* what) {
   }
   return out;
 }
+
+// The process group of csrc/dist.cpp, for the other translation units
+// (csrc/dist_overlap.cpp).
+struct Group;
+
+// `g`'s backend; throws once the group was left after a failure.
+c10d::Backend* backend_of(Group* g);
+
+// The number of processes in `g`.
+int group_size(Group* g);
 
 }  // namespace eqco
 

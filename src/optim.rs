@@ -60,6 +60,11 @@ impl Sgd {
         }
     }
 
+    /// The parameters, `(name, tensor)` in name order.
+    pub fn parameters(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
     /// The parameters' gradients that exist (after a backward pass), in
     /// name order: what data parallelism averages over ranks.
     pub fn gradients(&self) -> Vec<Tensor> {

@@ -17,8 +17,10 @@
 
 pub mod env;
 pub mod launch;
+pub mod overlap;
 
 pub use env::Env;
+pub use overlap::Overlap;
 
 use std::ffi::{c_int, c_void, CString};
 use std::net::TcpListener;
@@ -206,9 +208,14 @@ impl Group {
     fn timed(&self, what: &str, call: impl FnOnce() -> *mut std::ffi::c_char) -> Result<()> {
         let start = Instant::now();
         let err = call();
+        self.add_comm(start);
+        shim::check(what, err).map_err(|e| self.failed(e))
+    }
+
+    /// Counts the time since `start` as time in collectives.
+    fn add_comm(&self, start: Instant) {
         self.comm_ns
             .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        shim::check(what, err).map_err(|e| self.failed(e))
     }
 
     /// The error of a failed collective: another rank's recorded failure

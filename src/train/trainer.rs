@@ -13,7 +13,7 @@ use super::pending::{Diverged, Pending, PendingStep};
 use super::schedule::learning_rate;
 use crate::data::{Dataset, Loader, LoaderConfig, Recipe, TwoViewBatch};
 use crate::device::Compute;
-use crate::dist::World;
+use crate::dist::{Overlap, World};
 use crate::error::{Error, Result};
 use crate::eval::{extract, knn_accuracy};
 use crate::io::atomic_write;
@@ -84,6 +84,11 @@ pub struct Summary {
     /// The share of the training loop's time spent in collectives
     /// (gradient all-reduce, gathers, synchronised BN; 0 for one process).
     pub comm_share: f64,
+    /// With `grad_overlap` and several processes, the share of gradient
+    /// buckets whose all-reduce began during backward (this invocation's
+    /// steps); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_buckets_overlapped: Option<f64>,
     /// The last checkpoint.
     pub checkpoint: PathBuf,
 }
@@ -155,6 +160,9 @@ struct Trainer<'a> {
     loop_start: Instant,
     /// The step whose gradient a test makes infinite ([`INJECT_NONFINITE_GRAD`]).
     inject_nonfinite: Option<u64>,
+    /// With several processes and `grad_overlap`, the hooks that average
+    /// the gradients during backward.
+    overlap: Option<Overlap>,
 }
 
 impl<'a> Trainer<'a> {
@@ -220,6 +228,10 @@ impl<'a> Trainer<'a> {
         let sgd = Sgd::new(method.query(), cfg.momentum, cfg.weight_decay);
         let ckpt_dir = opts.out.join("checkpoints");
         let inject_nonfinite = injected_nonfinite_step()?;
+        let overlap = match world.group() {
+            Some(group) if cfg.grad_overlap => Some(Overlap::new(group.clone(), sgd.parameters())?),
+            _ => None,
+        };
         Ok(Trainer {
             cfg,
             opts,
@@ -251,6 +263,7 @@ impl<'a> Trainer<'a> {
             data_wait: Duration::ZERO,
             loop_start: Instant::now(),
             inject_nonfinite,
+            overlap,
         })
     }
 
@@ -453,6 +466,9 @@ impl<'a> Trainer<'a> {
         let out = self.method.forward(batch, self.pos.step)?;
         world.check()?;
         self.sgd.zero_grad();
+        if let Some(overlap) = &self.overlap {
+            overlap.prepare()?;
+        }
         out.loss
             .f_backward()
             .map_err(|e| match (world.check(), world.group()) {
@@ -461,8 +477,11 @@ impl<'a> Trainer<'a> {
                 (Ok(()), Some(g)) => Error::Dist(format!("rank {}: backward: {e}", g.rank)),
                 (Ok(()), None) => Error::from(e),
             })?;
-        if let Some(group) = world.group() {
-            group.average(&self.sgd.gradients(), GRADIENT_BUCKET_BYTES)?;
+        match (&self.overlap, world.group()) {
+            // Most buckets were all-reduced during backward.
+            (Some(overlap), _) => overlap.finish()?,
+            (None, Some(group)) => group.average(&self.sgd.gradients(), GRADIENT_BUCKET_BYTES)?,
+            (None, None) => {}
         }
         if self.inject_nonfinite == Some(self.pos.step + 1) {
             self.inject_nonfinite_gradient();
@@ -586,6 +605,7 @@ impl<'a> Trainer<'a> {
             device_reads: self.pending.reads(),
             processes: world.size,
             comm_share,
+            grad_buckets_overlapped: self.overlap.as_ref().and_then(Overlap::overlapped_share),
             checkpoint: self.last_ckpt.clone(),
         };
         if self.main {
