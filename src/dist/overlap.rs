@@ -45,8 +45,19 @@ impl Overlap {
     /// parameter backwards, the first up to [`FIRST_BUCKET_BYTES`], the
     /// others up to [`BUCKET_BYTES`].
     pub fn new(group: Arc<Group>, params: &[(String, Tensor)]) -> Result<Overlap> {
+        Overlap::with_caps(group, params, FIRST_BUCKET_BYTES, BUCKET_BYTES)
+    }
+
+    /// As [`Overlap::new`], with the first bucket capped at `first` bytes
+    /// and the others at `rest`.
+    pub fn with_caps(
+        group: Arc<Group>,
+        params: &[(String, Tensor)],
+        first: usize,
+        rest: usize,
+    ) -> Result<Overlap> {
         let sizes: Vec<usize> = params.iter().map(|(_, t)| 4 * t.numel()).collect();
-        let bucket_of = buckets(&sizes, FIRST_BUCKET_BYTES, BUCKET_BYTES);
+        let bucket_of = buckets(&sizes, first, rest);
         let names = params
             .iter()
             .map(|(n, _)| CString::new(n.as_str()))
@@ -148,6 +159,79 @@ pub fn buckets(sizes: &[usize], first: usize, rest: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::{Backend, Env, Timeouts};
+    use std::time::Duration;
+    use tch::{nn, Device, Kind};
+
+    /// A Gloo group of one process on loopback.
+    fn group_of_one() -> Arc<Group> {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let env = Env {
+            rank: 0,
+            world_size: 1,
+            local_rank: 0,
+            local_world_size: 1,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+            agent_store: false,
+            run_id: "overlap-test".into(),
+            restart_count: 0,
+            gloo_ifname: None,
+        };
+        let t = Timeouts {
+            join: Duration::from_secs(20),
+            collective: Duration::from_secs(20),
+        };
+        Arc::new(Group::join(&env, Backend::Gloo, t, Device::Cpu).unwrap())
+    }
+
+    #[test]
+    fn hooks_send_each_bucket_once_its_gradients_are_in_and_keep_undefined_ones() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        // Model order: `unused` never gets a gradient, `stale` keeps a
+        // zeroed one from an earlier step; `a` and `b` (used twice) get theirs.
+        let unused = root.var("unused", &[3], nn::Init::Const(1.0));
+        let stale = root.var("stale", &[2], nn::Init::Const(1.0));
+        let a = root.var("a", &[4], nn::Init::Const(2.0));
+        let b = root.var("b", &[5], nn::Init::Const(3.0));
+        stale.sum(Kind::Float).backward();
+        let _ = stale.grad().zero_();
+        let params: Vec<(String, Tensor)> =
+            [("unused", &unused), ("stale", &stale), ("a", &a), ("b", &b)]
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.shallow_clone()))
+                .collect();
+        // One bucket each: b, a, stale, unused, in that order.
+        let o = Overlap::with_caps(group_of_one(), &params, 4, 4).unwrap();
+        assert_eq!(o.buckets(), [vec![3], vec![2], vec![1], vec![0]]);
+        assert_eq!(o.overlapped_share(), None);
+        // Hooks do nothing until armed.
+        (&a * 1.0).sum(Kind::Float).backward();
+        let _ = a.grad().zero_();
+        for step in 1..=2 {
+            o.prepare().unwrap();
+            let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]);
+            let y = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 1.0, 1.0]);
+            let loss = (&a * &x).sum(Kind::Float)
+                + (&b * &y).sum(Kind::Float)
+                + (&b * &b).sum(Kind::Float);
+            loss.backward();
+            o.finish().unwrap();
+            // A world of one: the sums are the gradients themselves.
+            let want_b = (&y + &b * 2.0) * step as f64;
+            assert!(a.grad().equal(&(&x * step as f64)), "step {step}");
+            assert!(b.grad().equal(&want_b), "step {step}");
+            assert!(!unused.grad().defined(), "no gradient stays none");
+            assert_eq!(Vec::<f32>::try_from(stale.grad()).unwrap(), [0.0, 0.0]);
+        }
+        // b's hook fired once although b is used twice; b's and a's buckets
+        // began during backward, the other two after.
+        assert_eq!(o.overlapped_share(), Some(0.5));
+    }
 
     #[test]
     fn buckets_fill_from_the_last_parameter_with_a_small_first_one() {
