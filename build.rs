@@ -13,15 +13,17 @@
 //! runs is the one inside libtorch_cpu). When torch has CUDA and the venv
 //! holds the NCCL and CUDA headers (`nvidia-nccl`, `nvidia-cuda-runtime`,
 //! `nvidia-cuda-crt`, `nvidia-cuda-cccl`), the NCCL process group is
-//! compiled in too (`csrc/dist_nccl.cpp`).
+//! compiled in too (`csrc/dist_nccl.cpp`). `csrc/dist_overlap.cpp` overlaps
+//! the gradient all-reduce with backward (autograd hooks on either backend).
 use std::path::{Path, PathBuf};
 
 /// The shim's translation units that need only libtorch's CPU headers (and Gloo's).
-const SOURCES: [&str; 4] = [
+const SOURCES: [&str; 5] = [
     "csrc/precision.cpp",
     "csrc/memory.cpp",
     "csrc/optim.cpp",
     "csrc/dist.cpp",
+    "csrc/dist_overlap.cpp",
 ];
 
 /// Where Debian's libgloo-dev puts Gloo's headers.

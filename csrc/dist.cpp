@@ -683,3 +683,18 @@ extern "C" char* eqco_sync_batch_norm(Group* g, const at::Tensor* input, const a
                                                      reinterpret_cast<int64_t>(g)));
   })
 }
+
+namespace eqco {
+
+c10d::Backend* backend_of(Group* g) { return live(g); }
+
+int group_size(Group* g) { return g->size; }
+
+void timed_wait(Group* g, const std::vector<c10::intrusive_ptr<c10d::Work>>& works) {
+  Timed timed(g);
+  for (const auto& w : works) {
+    wait(w);
+  }
+}
+
+}  // namespace eqco

@@ -64,3 +64,22 @@ extern "C" char* eqco_lerp(at::Tensor** keys, at::Tensor** queries, int64_t n, d
 extern "C" char* eqco_zero(at::Tensor** ts, int64_t n) {
   EQCO_TRY(at::_foreach_zero_(list(ts, n)))
 }
+
+// *out = a new one-element float tensor on the tensors' device: 1 when any
+// element of the `n` tensors is a NaN or an infinity, else 0. Nothing is
+// read back to the host. This is torch's own fused check, the one
+// GradScaler runs over the gradients; its scale of exactly 1 leaves every
+// value as it was.
+extern "C" char* eqco_nonfinite(at::Tensor** ts, int64_t n, at::Tensor** out) {
+  EQCO_TRY({
+    c10::NoGradGuard no_grad;
+    auto tensors = list(ts, n);
+    auto device = n > 0 ? tensors[0].device() : at::Device(at::kCPU);
+    auto options = at::TensorOptions().dtype(at::kFloat).device(device);
+    auto found = at::zeros({1}, options);
+    if (n > 0) {
+      at::_amp_foreach_non_finite_check_and_unscale_(tensors, found, at::ones({1}, options));
+    }
+    *out = new at::Tensor(found.reshape({}));
+  })
+}

@@ -4,11 +4,18 @@
 #pragma once
 
 #include <c10/util/Exception.h>
+#include <c10/util/intrusive_ptr.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
+#include <vector>
+
+namespace c10d {
+class Backend;
+class Work;
+}  // namespace c10d
 
 namespace eqco {
 
@@ -19,6 +26,21 @@ inline char* c_string(const char* what) {
   }
   return out;
 }
+
+// The process group of csrc/dist.cpp, for the other translation units
+// (csrc/dist_overlap.cpp).
+struct Group;
+
+// `g`'s backend; throws once the group was left after a failure.
+c10d::Backend* backend_of(Group* g);
+
+// The number of processes in `g`.
+int group_size(Group* g);
+
+// Waits for `works`, the time counted on `g`'s clock of time in collectives
+// (the wall clock on Gloo; on NCCL, CUDA events around the compute
+// stream's wait).
+void timed_wait(Group* g, const std::vector<c10::intrusive_ptr<c10d::Work>>& works);
 
 }  // namespace eqco
 

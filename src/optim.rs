@@ -60,6 +60,11 @@ impl Sgd {
         }
     }
 
+    /// The parameters, `(name, tensor)` in name order.
+    pub fn parameters(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
     /// The parameters' gradients that exist (after a backward pass), in
     /// name order: what data parallelism averages over ranks.
     pub fn gradients(&self) -> Vec<Tensor> {
@@ -68,6 +73,19 @@ impl Sgd {
             .map(|(_, p)| p.grad())
             .filter(Tensor::defined)
             .collect()
+    }
+
+    /// 1 (a scalar float tensor on the parameters' device) when a gradient
+    /// holds a NaN or an infinity, else 0; nothing is read to the host.
+    pub fn nonfinite_gradients(&self) -> Result<Tensor> {
+        nonfinite(&self.gradients())
+    }
+
+    /// 1 when a parameter holds a NaN or an infinity (after an update that
+    /// diverged), else 0, as [`Sgd::nonfinite_gradients`].
+    pub fn nonfinite_parameters(&self) -> Result<Tensor> {
+        let params: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        nonfinite(&params)
     }
 
     /// Clears the parameters' gradients (in one multi-tensor call).
@@ -142,6 +160,20 @@ impl Sgd {
     }
 }
 
+/// 1 (a scalar float tensor on their device) when any element of `tensors`
+/// is a NaN or an infinity, else 0, in one fused pass (torch's GradScaler
+/// check, csrc/optim.cpp) with nothing read to the host; 0 on the CPU for
+/// none.
+pub fn nonfinite(tensors: &[Tensor]) -> Result<Tensor> {
+    let ptrs: Vec<*const c_void> = tensors.iter().map(shim::ptr).collect();
+    let mut out: *mut c_void = std::ptr::null_mut();
+    // SAFETY: pointers to live tensors, read during the call; a new tensor comes back.
+    let err = unsafe { shim::eqco_nonfinite(ptrs.as_ptr(), ptrs.len() as i64, &mut out) };
+    shim::check("checking for non-finite values", err)?;
+    // SAFETY: a fresh tensor made by the shim.
+    Ok(unsafe { shim::tensor_from(out) })
+}
+
 /// Parameters, gradients and buffers updated by one multi-tensor call.
 #[derive(Default)]
 struct Group {
@@ -209,6 +241,23 @@ mod tests {
                 "step {step}: {got:?} vs {expect:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_nonfinite_flag_finds_a_nan_or_an_infinity_and_changes_nothing() {
+        let finite = Tensor::from_slice(&[1.5f32, -0.0, 3e38, 1e-45]);
+        let big = Tensor::from_slice(&[2.0f64, -7.25]).view([2, 1]);
+        let flag = |ts: &[Tensor]| nonfinite(ts).unwrap().double_value(&[]);
+        let before = finite.copy();
+        assert_eq!(flag(&[]), 0.0);
+        assert_eq!(flag(&[finite.shallow_clone(), big.shallow_clone()]), 0.0);
+        assert!(finite.equal(&before), "a scale of 1 leaves the values");
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let t = Tensor::from_slice(&[0.0f32, 1.0, bad]);
+            assert_eq!(flag(&[finite.shallow_clone(), t]), 1.0, "{bad}");
+        }
+        let bf16 = Tensor::from_slice(&[1.0f32, f32::NAN]).to_kind(Kind::BFloat16);
+        assert_eq!(flag(&[bf16]), 1.0);
     }
 
     /// The per-parameter loop the multi-tensor step replaced.

@@ -51,6 +51,11 @@ extern "C" {
         first: c_int,
     ) -> *mut c_char;
     pub(crate) fn eqco_zero(ts: *const *const c_void, n: i64) -> *mut c_char;
+    pub(crate) fn eqco_nonfinite(
+        ts: *const *const c_void,
+        n: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
     pub(crate) fn eqco_lerp(
         keys: *const *const c_void,
         queries: *const *const c_void,
@@ -96,6 +101,17 @@ extern "C" {
     ) -> *mut c_char;
     pub(crate) fn eqco_broadcast(g: *mut c_void, t: *const c_void, root: c_int) -> *mut c_char;
     pub(crate) fn eqco_barrier(g: *mut c_void) -> *mut c_char;
+    pub(crate) fn eqco_overlap_new(
+        g: *mut c_void,
+        params: *const *const c_void,
+        names: *const *const c_char,
+        bucket_of: *const i64,
+        n: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    pub(crate) fn eqco_overlap_prepare(o: *mut c_void) -> *mut c_char;
+    pub(crate) fn eqco_overlap_finish(o: *mut c_void, early: *mut i64) -> *mut c_char;
+    pub(crate) fn eqco_overlap_free(o: *mut c_void);
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn eqco_sync_batch_norm(
         g: *mut c_void,

@@ -475,6 +475,73 @@ fn bad_setups_are_refused_naming_the_variable_or_key() {
 }
 
 #[test]
+fn overlapping_the_gradient_all_reduce_with_backward_changes_no_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Width 0.5: about 5 MB of gradients, so a 1 MiB first bucket and more.
+    let methods: [(&str, &[&str]); 2] = [
+        ("fmnist-simo", &["k_negatives=31"]),
+        // Two views through one encoder, and a gather with a gradient.
+        ("fmnist-simclr", &["k_negatives=40"]),
+    ];
+    for (preset, sets) in methods {
+        let run = |overlap: bool| {
+            let out = tmp.path().join(format!("{preset}-overlap-{overlap}"));
+            let flag = format!("grad_overlap={overlap}");
+            let mut all = vec![
+                "max_steps=3",
+                "width=0.5",
+                "lr=0.1",
+                "warmup_epochs=0",
+                "checkpoint_every=0",
+                "precision=fp32",
+                "memory_format=channels_last",
+                &flag,
+            ];
+            all.extend(sets);
+            let mut args = pretrain_args(tmp.path(), preset, &out, &all);
+            args.extend(["--nproc-per-node".into(), "2".into()]);
+            let o = eqco(&args);
+            ok(&o);
+            let summary: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                    .unwrap();
+            (out, summary, text(&o.stdout))
+        };
+        let (off, off_summary, _) = run(false);
+        let (on, on_summary, stdout) = run(true);
+        assert!(off_summary.get("grad_buckets_overlapped").is_none());
+        let share = on_summary["grad_buckets_overlapped"].as_f64().unwrap();
+        assert!(share > 0.0, "{preset}: no bucket began during backward");
+        assert!(stdout.contains("overlapped with backward"), "{stdout}");
+        let loss = |run: &Path| {
+            losses(run)
+                .iter()
+                .map(|m| m.loss.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(loss(&off), loss(&on), "{preset}: losses");
+        let (a, _) = eqco::run::checkpoint::load(&latest(&off)).unwrap();
+        let (b, _) = eqco::run::checkpoint::load(&latest(&on)).unwrap();
+        let mut names: Vec<&String> = a.keys().collect();
+        names.sort();
+        assert_eq!(names.len(), b.len(), "{preset}");
+        assert!(names.iter().any(|n| n.starts_with("optim.")));
+        for name in names {
+            // Bits, not values (-0 = +0 as a value).
+            let bits = |t: &tch::Tensor| match t.kind() {
+                tch::Kind::Float => t.view_dtype(tch::Kind::Int),
+                _ => t.shallow_clone(),
+            };
+            let (x, y) = (bits(&a[name]), bits(&b[name]));
+            assert!(
+                x.size() == y.size() && x.equal(&y),
+                "{preset}: {name} differs with the overlapped all-reduce"
+            );
+        }
+    }
+}
+
+#[test]
 fn two_workers_share_the_cpu_and_report_their_communication() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("summary");

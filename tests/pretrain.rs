@@ -3,8 +3,12 @@
 //! impossible configurations are rejected naming the key.
 
 mod common;
+#[path = "common/procs.rs"]
+mod procs;
 
 use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use common::eqco;
 use eqco::run::{metrics, PretrainConfig};
@@ -454,6 +458,73 @@ fn a_nan_is_named_by_its_step_within_log_every_and_no_checkpoint_follows_it() {
             );
         }
     }
+}
+
+/// The steps of the `step-N.safetensors` checkpoints in `run`.
+fn checkpoint_steps(run: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(run.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_prefix("step-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
+#[test]
+fn a_non_finite_gradient_with_a_finite_loss_ends_the_run_and_no_checkpoint_follows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |out: &Path, inject: &str| {
+        // 192 images of 32: 6 steps an epoch. Figures are read every 4
+        // steps and before each checkpoint (every 3).
+        let args = common::tiny_pretrain(
+            tmp.path(),
+            192,
+            "fmnist-simo",
+            out,
+            &[
+                "epochs=2",
+                "k_negatives=31",
+                "log_every=4",
+                "checkpoint_every=3",
+                "lr=0.1",
+            ],
+        );
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_eqco"));
+        cmd.args(&args)
+            .env(eqco::train::trainer::INJECT_NONFINITE_GRAD, inject);
+        procs::Job::start(cmd, "eqco pretrain").wait(Duration::from_secs(240))
+    };
+    // Step 5 is read with step 6, before step 6's checkpoint; step 6's
+    // gradient is made infinite, its loss is finite.
+    let out = tmp.path().join("run");
+    let o = run(&out, "6");
+    let err = common::text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("a gradient (averaged over ranks) is not finite")
+            && err.contains("at step 6 ")
+            && err.contains("step-3.safetensors"),
+        "{err}"
+    );
+    assert_eq!(checkpoint_steps(&out), vec![3], "none at or after step 6");
+    let written = metrics::read(&out.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        written.iter().map(|m| m.step).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(written.iter().all(|m| m.loss.is_finite()));
+    // A bad value names the variable (a usage error).
+    let o = run(&tmp.path().join("bad"), "soon");
+    let err = common::text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("EQCO_TEST_INJECT_NONFINITE_GRAD"), "{err}");
 }
 
 #[test]

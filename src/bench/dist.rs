@@ -2,7 +2,9 @@
 //! workers on this machine (Gloo on the CPU, NCCL on GPUs), each a real
 //! `eqco pretrain --nproc-per-node W` run: the time per step of the global
 //! batch, the speed-up over one process, and the shares of a step spent in
-//! collectives and waiting for data.
+//! collectives and waiting for data. Each world size above 1 runs twice:
+//! gradients averaged after backward (`grad_overlap = false`) and
+//! all-reduced bucket by bucket during backward (`grad_overlap = true`).
 
 use std::path::Path;
 use std::process::Command;
@@ -39,6 +41,8 @@ pub struct DistBench {
 /// One world size's figures.
 struct Row {
     nproc: usize,
+    /// `grad_overlap`, for more than one process.
+    overlap: Option<bool>,
     step_ms: f64,
     img_per_s: f64,
     comm_share: f64,
@@ -63,21 +67,45 @@ impl DistBench {
             self.config, cfg.batch_size, cfg.method, self.steps, self.warmup, self.device
         );
         println!(
-            "  {:>9}  {:>12}  {:>9}  {:>8}  {:>7}  {:>7}  {:>11}",
-            "processes", "threads each", "step ms", "img/s", "speed-up", "comm %", "data wait %"
+            "  {:>9}  {:>12}  {:>7}  {:>9}  {:>8}  {:>7}  {:>7}  {:>11}",
+            "processes",
+            "threads each",
+            "overlap",
+            "step ms",
+            "img/s",
+            "speed-up",
+            "comm %",
+            "data wait %"
         );
         let tmp = tempfile::tempdir().context("creating a temporary folder")?;
         let mut first: Option<f64> = None;
-        for &n in &self.nproc {
-            let row = self.time(n, cfg.batch_size, &tmp.path().join(format!("w{n}")))?;
+        let runs = self.nproc.iter().flat_map(|&n| {
+            let overlaps: &[Option<bool>] = if n > 1 {
+                &[Some(false), Some(true)]
+            } else {
+                &[None]
+            };
+            overlaps.iter().map(move |&o| (n, o))
+        });
+        for (n, overlap) in runs {
+            let name = match overlap {
+                Some(o) => format!("w{n}-overlap-{o}"),
+                None => format!("w{n}"),
+            };
+            let row = self.time(n, overlap, cfg.batch_size, &tmp.path().join(name))?;
             let base = *first.get_or_insert(row.step_ms);
             println!(
-                "  {:>9}  {:>12}  {:>9.1}  {:>8.1}  {:>7.2}×  {:>7.1}  {:>11.1}",
+                "  {:>9}  {:>12}  {:>7}  {:>9.1}  {:>8.1}  {:>7.2}×  {:>7.1}  {:>11.1}",
                 row.nproc,
                 if self.device.starts_with("cuda") {
                     "1 GPU".to_string()
                 } else {
                     (cores / n).max(1).to_string()
+                },
+                match row.overlap {
+                    Some(true) => "on",
+                    Some(false) => "off",
+                    None => "-",
                 },
                 row.step_ms,
                 row.img_per_s,
@@ -86,13 +114,19 @@ impl DistBench {
                 100.0 * row.data_wait_share
             );
         }
-        println!("  (step ms: median wall time of a step of the global batch; comm %: rank 0's time in collectives)");
+        println!("  (step ms: median wall time of a step of the global batch; comm %: rank 0's time in collectives, with overlap the wait after backward for the all-reduces still running; overlap: grad_overlap)");
         Ok(())
     }
 
     /// Trains `warmup + steps` steps of a global batch of `batch` images
-    /// with `n` workers into `out`.
-    fn time(&self, n: usize, batch: usize, out: &Path) -> anyhow::Result<Row> {
+    /// with `n` workers (and `grad_overlap = overlap` when set) into `out`.
+    fn time(
+        &self,
+        n: usize,
+        overlap: Option<bool>,
+        batch: usize,
+        out: &Path,
+    ) -> anyhow::Result<Row> {
         let exe = std::env::current_exe().context("finding the eqco executable")?;
         let mut cmd = Command::new(exe);
         cmd.args([
@@ -113,6 +147,9 @@ impl DistBench {
             "--set",
             "log_every=1",
         ]);
+        if let Some(o) = overlap {
+            cmd.args(["--set", &format!("grad_overlap={o}")]);
+        }
         for s in &self.sets {
             cmd.args(["--set", s]);
         }
@@ -140,6 +177,7 @@ impl DistBench {
         let share = |k: &str| summary[k].as_f64().unwrap_or(f64::NAN);
         Ok(Row {
             nproc: n,
+            overlap,
             step_ms: median,
             img_per_s: 1e3 * batch as f64 / median,
             comm_share: share("comm_share"),

@@ -162,8 +162,15 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
         s.steps, s.epochs, s.wall_seconds, s.final_loss, s.final_mi_bound, s.mi_bound_last10pct, s.img_per_s, 100.0 * s.data_wait_share
     );
     if s.processes > 1 {
+        let overlap = match s.grad_buckets_overlapped {
+            Some(share) => format!(
+                " (gradient all-reduce overlapped with backward: {:.0} % of the buckets began during it)",
+                100.0 * share
+            ),
+            None => String::new(),
+        };
         println!(
-            "{} processes, {:.1} % of the time in collectives",
+            "{} processes, {:.1} % of the time in collectives{overlap}",
             s.processes,
             100.0 * s.comm_share
         );

@@ -17,8 +17,10 @@
 
 pub mod env;
 pub mod launch;
+pub mod overlap;
 
 pub use env::Env;
+pub use overlap::Overlap;
 
 use std::ffi::{c_int, c_void, CString};
 use std::net::TcpListener;

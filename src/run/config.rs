@@ -167,6 +167,11 @@ pub struct PretrainConfig {
     pub bn: Option<BnMode>,
     /// Collectives: `auto` (NCCL on GPUs, Gloo on the CPU), `gloo` or `nccl`.
     pub dist_backend: Backend,
+    /// With several processes, all-reduce each bucket of gradients as soon
+    /// as backward has accumulated them, overlapping communication with the
+    /// rest of backward (as DDP); `false` averages them after backward.
+    /// Both give the same gradients.
+    pub grad_overlap: bool,
     /// Seconds any wait on another process may take once every rank has
     /// joined (every collective and barrier) before the job ends with an error.
     pub dist_timeout: f64,
@@ -247,6 +252,7 @@ impl Default for PretrainConfig {
             pinned_memory_mib: 4096,
             bn: None,
             dist_backend: Backend::Auto,
+            grad_overlap: true,
             dist_timeout: 1800.0,
             dist_join_timeout: 300.0,
             resume: ResumeMode::Never,

@@ -1,8 +1,10 @@
 //! Per-step figures still on the device, read in one transfer every
 //! `log_every` steps: a training step queues its work and moves on, and the
 //! CPU waits for the GPU once per window instead of several times a step.
-//! A non-finite loss is still found, and named by its exact step, when the
-//! window is read.
+//! A non-finite loss, averaged gradient or updated parameter is still
+//! found, and named by its exact step, when the window is read: each step
+//! leaves a flag for its gradients and one for its parameters on the device
+//! beside its loss.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,12 @@ pub struct PendingStep {
     pub mi_bound_offset: f64,
     /// The mean `‖∂L_i/∂q_i‖`, a scalar tensor.
     pub grad_norm_q: Tensor,
+    /// 1 when a gradient (averaged over ranks) was not finite, else 0: a
+    /// scalar tensor.
+    pub grad_nonfinite: Tensor,
+    /// 1 when a parameter was not finite after the update, else 0: a scalar
+    /// tensor.
+    pub param_nonfinite: Tensor,
     /// The kNN monitor's top-1, when it ran after this step.
     pub knn_top1: Option<f64>,
     /// The time the training loop has waited for the loader so far, this
@@ -39,7 +47,18 @@ pub struct PendingStep {
     pub waited: Duration,
 }
 
-/// A step whose loss was not finite.
+/// What was found not finite at a step (the first of these, in this order).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Diverged {
+    /// The loss, with its value (NaN or infinite).
+    Loss(f64),
+    /// A gradient, averaged over ranks, with a finite loss.
+    Gradient,
+    /// A parameter after the update, with a finite loss and gradients.
+    Parameter,
+}
+
+/// A step whose loss, gradient or updated parameters were not finite.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NonFinite {
     /// The step.
@@ -48,8 +67,8 @@ pub struct NonFinite {
     pub epoch: u64,
     /// Its learning rate.
     pub lr: f64,
-    /// The loss read (NaN or infinite).
-    pub loss: f64,
+    /// What was not finite.
+    pub what: Diverged,
 }
 
 /// The steps of the current window.
@@ -101,11 +120,12 @@ impl Pending {
         self.reads
     }
 
-    /// Reads every pending step's loss and gradient norm in one transfer
-    /// (averaged over the group's ranks: the global batch's figures) and
-    /// empties the window. Returns the metrics lines of the steps before the
-    /// first non-finite loss, and that step if there is one (the steps after
-    /// it are dropped). Images per second are the window's: its images over
+    /// Reads every pending step's loss, gradient norm and finiteness flags
+    /// in one transfer (averaged over the group's ranks: the global batch's
+    /// figures) and empties the window. Returns the metrics lines of the
+    /// steps before the first with a non-finite loss, gradient or updated
+    /// parameter, and that step if there is one (the steps after it are
+    /// dropped). Images per second are the window's: its images over
     /// the wall time since the previous read, and so is the share of that
     /// time spent waiting for the loader.
     pub fn read(&mut self) -> Result<(Vec<StepMetrics>, Option<NonFinite>)> {
@@ -115,7 +135,14 @@ impl Pending {
         }
         let figures: Vec<Tensor> = steps
             .iter()
-            .flat_map(|s| [&s.loss, &s.grad_norm_q])
+            .flat_map(|s| {
+                [
+                    &s.loss,
+                    &s.grad_norm_q,
+                    &s.grad_nonfinite,
+                    &s.param_nonfinite,
+                ]
+            })
             .map(|t| t.detach().to_kind(Kind::Double))
             .collect();
         let mut figures = Tensor::stack(&figures, 0);
@@ -134,14 +161,23 @@ impl Pending {
         let data_wait_share = waited.saturating_sub(self.waited).as_secs_f64() / seconds;
         self.waited = waited;
         let mut lines = Vec::with_capacity(steps.len());
-        for (s, v) in steps.into_iter().zip(values.chunks_exact(2)) {
+        for (s, v) in steps.into_iter().zip(values.chunks_exact(4)) {
             let (loss, grad_norm_q) = (v[0], v[1]);
-            if !loss.is_finite() {
+            let what = if !loss.is_finite() {
+                Some(Diverged::Loss(loss))
+            } else if v[2] != 0.0 {
+                Some(Diverged::Gradient)
+            } else if v[3] != 0.0 {
+                Some(Diverged::Parameter)
+            } else {
+                None
+            };
+            if let Some(what) = what {
                 let bad = NonFinite {
                     step: s.step,
                     epoch: s.epoch,
                     lr: s.lr,
-                    loss,
+                    what,
                 };
                 return Ok((lines, Some(bad)));
             }
@@ -167,6 +203,10 @@ mod tests {
     use super::*;
 
     fn step(step: u64, loss: f32) -> PendingStep {
+        flagged(step, loss, 0.0, 0.0)
+    }
+
+    fn flagged(step: u64, loss: f32, grad: f32, param: f32) -> PendingStep {
         PendingStep {
             step,
             epoch: 0,
@@ -175,6 +215,8 @@ mod tests {
             loss: Tensor::from(loss),
             mi_bound_offset: 16f64.ln(),
             grad_norm_q: Tensor::from(2.5f32),
+            grad_nonfinite: Tensor::from(grad),
+            param_nonfinite: Tensor::from(param),
             knn_top1: None,
             waited: Duration::ZERO,
         }
@@ -236,6 +278,26 @@ mod tests {
         assert_eq!(lines.len(), 1, "only the steps before it are written");
         let bad = bad.unwrap();
         assert_eq!(bad.step, 6);
-        assert!(bad.loss.is_nan());
+        assert!(matches!(bad.what, Diverged::Loss(l) if l.is_nan()));
+    }
+
+    #[test]
+    fn a_non_finite_gradient_or_parameter_with_a_finite_loss_is_named() {
+        let mut p = Pending::new(4, 8, None);
+        p.push(step(1, 1.0));
+        p.push(flagged(2, 1.0, 1.0, 1.0));
+        p.push(step(3, 1.0));
+        let (lines, bad) = p.read().unwrap();
+        assert_eq!(lines.len(), 1);
+        let bad = bad.unwrap();
+        assert_eq!((bad.step, bad.what), (2, Diverged::Gradient));
+        p.push(flagged(4, 1.0, 0.0, 1.0));
+        let (lines, bad) = p.read().unwrap();
+        assert!(lines.is_empty());
+        assert_eq!(bad.unwrap().what, Diverged::Parameter);
+        // A non-finite loss is named first.
+        p.push(flagged(5, f32::INFINITY, 1.0, 1.0));
+        let bad = p.read().unwrap().1.unwrap();
+        assert_eq!(bad.what, Diverged::Loss(f64::INFINITY));
     }
 }

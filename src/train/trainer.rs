@@ -9,11 +9,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tch::{Device, Tensor};
 
-use super::pending::{Pending, PendingStep};
+use super::pending::{Diverged, Pending, PendingStep};
 use super::schedule::learning_rate;
 use crate::data::{Dataset, Loader, LoaderConfig, Recipe, TwoViewBatch};
 use crate::device::Compute;
-use crate::dist::World;
+use crate::dist::{Overlap, World};
 use crate::error::{Error, Result};
 use crate::eval::{extract, knn_accuracy};
 use crate::io::atomic_write;
@@ -84,12 +84,38 @@ pub struct Summary {
     /// The share of the training loop's time spent in collectives
     /// (gradient all-reduce, gathers, synchronised BN; 0 for one process).
     pub comm_share: f64,
+    /// With `grad_overlap` and several processes, the share of gradient
+    /// buckets whose all-reduce began during backward (this invocation's
+    /// steps); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_buckets_overlapped: Option<f64>,
     /// The last checkpoint.
     pub checkpoint: PathBuf,
 }
 
 /// Gradients are averaged over ranks in flat buckets of at most this size.
 const GRADIENT_BUCKET_BYTES: usize = 25 << 20;
+
+/// For tests only: `EQCO_TEST_INJECT_NONFINITE_GRAD=STEP` makes one
+/// averaged gradient infinite at optimizer step `STEP` (counting from 1),
+/// with the loss left finite, so that the gradient guard can be shown to
+/// stop the run there. Read once, when a run is set up.
+pub const INJECT_NONFINITE_GRAD: &str = "EQCO_TEST_INJECT_NONFINITE_GRAD";
+
+/// The step of [`INJECT_NONFINITE_GRAD`], when it is set.
+fn injected_nonfinite_step() -> Result<Option<u64>> {
+    match std::env::var(INJECT_NONFINITE_GRAD) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(step) if step > 0 => Ok(Some(step)),
+            _ => Err(Error::config(
+                INJECT_NONFINITE_GRAD,
+                format!("{v:?} (a test-only step number ≥ 1)"),
+            )),
+        },
+        Err(e) => Err(Error::config(INJECT_NONFINITE_GRAD, e.to_string())),
+    }
+}
 
 /// Runs (or resumes) a pretraining run; returns its summary. The loop reads
 /// like moco's `main_moco.py`: set up, restore, then for every batch a step,
@@ -132,6 +158,11 @@ struct Trainer<'a> {
     data_wait: Duration,
     /// When the training loop began.
     loop_start: Instant,
+    /// The step whose gradient a test makes infinite ([`INJECT_NONFINITE_GRAD`]).
+    inject_nonfinite: Option<u64>,
+    /// With several processes and `grad_overlap`, the hooks that average
+    /// the gradients during backward.
+    overlap: Option<Overlap>,
 }
 
 impl<'a> Trainer<'a> {
@@ -198,6 +229,11 @@ impl<'a> Trainer<'a> {
         let method = method::build(cfg, channels, dataset.classes.len(), compute, world)?;
         let sgd = Sgd::new(method.query(), cfg.momentum, cfg.weight_decay);
         let ckpt_dir = opts.out.join("checkpoints");
+        let inject_nonfinite = injected_nonfinite_step()?;
+        let overlap = match world.group() {
+            Some(group) if cfg.grad_overlap => Some(Overlap::new(group.clone(), sgd.parameters())?),
+            _ => None,
+        };
         Ok(Trainer {
             cfg,
             opts,
@@ -228,6 +264,8 @@ impl<'a> Trainer<'a> {
             saved: None,
             data_wait: Duration::ZERO,
             loop_start: Instant::now(),
+            inject_nonfinite,
+            overlap,
         })
     }
 
@@ -415,7 +453,8 @@ impl<'a> Trainer<'a> {
 
     /// One optimizer step on `batch`, the `done`-th of `epoch`: forward,
     /// backward, gradients averaged over ranks, SGD; its figures (with
-    /// `waited`, the loop's wait for data so far) wait in `pending` until
+    /// `waited`, the loop's wait for data so far) and whether its averaged
+    /// gradients and updated parameters are finite wait in `pending` until
     /// read.
     fn step(
         &mut self,
@@ -429,6 +468,9 @@ impl<'a> Trainer<'a> {
         let out = self.method.forward(batch, self.pos.step)?;
         world.check()?;
         self.sgd.zero_grad();
+        if let Some(overlap) = &self.overlap {
+            overlap.prepare()?;
+        }
         out.loss
             .f_backward()
             .map_err(|e| match (world.check(), world.group()) {
@@ -437,10 +479,18 @@ impl<'a> Trainer<'a> {
                 (Ok(()), Some(g)) => Error::Dist(format!("rank {}: backward: {e}", g.rank)),
                 (Ok(()), None) => Error::from(e),
             })?;
-        if let Some(group) = world.group() {
-            group.average(&self.sgd.gradients(), GRADIENT_BUCKET_BYTES)?;
+        match (&self.overlap, world.group()) {
+            // Most buckets were all-reduced during backward.
+            (Some(overlap), _) => overlap.finish()?,
+            (None, Some(group)) => group.average(&self.sgd.gradients(), GRADIENT_BUCKET_BYTES)?,
+            (None, None) => {}
         }
+        if self.inject_nonfinite == Some(self.pos.step + 1) {
+            self.inject_nonfinite_gradient();
+        }
+        let grad_nonfinite = self.sgd.nonfinite_gradients()?;
         self.sgd.step(lr);
+        let param_nonfinite = self.sgd.nonfinite_parameters()?;
         self.pos = Position {
             step: self.pos.step + 1,
             epoch,
@@ -454,11 +504,23 @@ impl<'a> Trainer<'a> {
             loss: out.loss.detach(),
             mi_bound_offset: out.mi_bound_offset,
             grad_norm_q: out.grad_norm_q,
+            grad_nonfinite,
+            param_nonfinite,
             knn_top1: None,
             waited,
         });
         self.record.bar.set_position(self.pos.step);
         Ok(())
+    }
+
+    /// For tests ([`INJECT_NONFINITE_GRAD`]): the first gradient's first
+    /// slice made infinite.
+    fn inject_nonfinite_gradient(&self) {
+        if let Some(g) = self.sgd.gradients().first() {
+            tch::no_grad(|| {
+                let _ = g.narrow(0, 0, 1).fill_(f64::INFINITY);
+            });
+        }
     }
 
     /// The steps' figures read and recorded (see [`Record::write`]).
@@ -545,6 +607,7 @@ impl<'a> Trainer<'a> {
             device_reads: self.pending.reads(),
             processes: world.size,
             comm_share,
+            grad_buckets_overlapped: self.overlap.as_ref().and_then(Overlap::overlapped_share),
             checkpoint: self.last_ckpt.clone(),
         };
         if self.main {
@@ -603,8 +666,9 @@ impl Record {
         }
     }
 
-    /// Reads the pending steps and records them; a non-finite loss ends the
-    /// run with an error naming its step and the last checkpoint.
+    /// Reads the pending steps and records them; a non-finite loss, averaged
+    /// gradient or updated parameter ends the run with an error naming its
+    /// step and the last checkpoint.
     fn write(&mut self, pending: &mut Pending, last_ckpt: &Path) -> Result<()> {
         let (lines, bad) = pending.read()?;
         for m in &lines {
@@ -636,17 +700,26 @@ impl Record {
             self.img_per_s_sum += m.img_per_s;
             self.steps += 1;
         }
-        match bad {
-            None => Ok(()),
-            Some(b) => Err(Error::Numerical(format!(
-                "the loss is {} at step {} (epoch {}, lr {:.4}); the last checkpoint is {}; try a lower lr or a higher tau",
-                b.loss,
-                b.step,
-                b.epoch,
-                b.lr,
-                last_ckpt.display()
-            ))),
-        }
+        let Some(b) = bad else {
+            return Ok(());
+        };
+        let what = match b.what {
+            Diverged::Loss(loss) => format!("the loss is {loss}"),
+            Diverged::Gradient => {
+                "a gradient (averaged over ranks) is not finite, with a finite loss,".to_string()
+            }
+            Diverged::Parameter => {
+                "a parameter is not finite after the update, with a finite loss and gradients,"
+                    .to_string()
+            }
+        };
+        Err(Error::Numerical(format!(
+            "{what} at step {} (epoch {}, lr {:.4}); the last checkpoint is {}; try a lower lr or a higher tau",
+            b.step,
+            b.epoch,
+            b.lr,
+            last_ckpt.display()
+        )))
     }
 }
 
