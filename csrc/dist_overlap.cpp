@@ -131,6 +131,12 @@ struct Overlap {
     std::lock_guard<std::mutex> lock(mu);
     armed = false;
     if (!error.empty()) {
+      // The buckets already sent are let go (c10d keeps what it still
+      // needs); the step fails, and the group with it.
+      for (auto& b : buckets) {
+        b.work.reset();
+        b.flat = at::Tensor();
+      }
       throw std::runtime_error(error);
     }
     c10::NoGradGuard no_grad;

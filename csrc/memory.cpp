@@ -34,13 +34,16 @@ extern "C" int eqco_is_pinned(const at::Tensor* t) {
   }
 }
 
-// A stream of CUDA device `index` from c10's pool (torch.cuda.Stream's
-// kind), for the copies of batches beside the compute stream.
+// A stream of CUDA device `index` from c10's high-priority pool (a
+// torch.cuda.Stream(priority=-1)), for the copies of batches beside the
+// compute stream. Not the low-priority pool: ProcessGroupNCCL takes its
+// streams from that one, round-robin, and a copy queued behind an
+// all-reduce would lose its overlap.
 extern "C" char* eqco_copy_stream_new(int index, c10::Stream** out) {
   EQCO_TRY({
     c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
     auto* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
-    *out = new c10::Stream(impl->getStreamFromGlobalPool(device, /*isHighPriority=*/false));
+    *out = new c10::Stream(impl->getStreamFromGlobalPool(device, /*isHighPriority=*/true));
   })
 }
 

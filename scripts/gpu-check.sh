@@ -108,7 +108,8 @@ SMALL=(--set "data_dir=$DATA" --set max_images=5000 --set epochs=2 --set knn_eve
        --set checkpoint_every=10 --device "$DEVICE")
 if [ "$DEVICE" = cuda ]; then
     BACKEND=nccl
-    GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    # The GPUs this process may use (CUDA_VISIBLE_DEVICES and MIG counted).
+    GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 else
     BACKEND=gloo
     GPUS=0
@@ -174,6 +175,7 @@ data_parallel() {
     local n=$1
     "$BIN" pretrain "${SMALL[@]}" --set epochs=1 --set "dist_backend=$BACKEND" --nproc-per-node "$n" \
         --out "$OUT/dp-$n" 2>&1 | tail -5
+    [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
     "$PY" -c 'import json, sys; s = json.load(open(sys.argv[1])); print({k: s[k] for k in ("steps", "processes", "precision", "comm_share", "img_per_s") if k in s})' \
         "$OUT/dp-$n/summary.json"
 }
@@ -182,6 +184,7 @@ torchrun_launch() {
     if [ ! -x "$TORCHRUN" ]; then echo "no torchrun beside $PY"; return 1; fi
     "$TORCHRUN" --standalone --nproc-per-node 1 --no-python "$BIN" pretrain "${SMALL[@]}" \
         --set epochs=1 --set "dist_backend=$BACKEND" --out "$OUT/torchrun" 2>&1 | tail -5
+    [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
     test -f "$OUT/torchrun/summary.json"
 }
 

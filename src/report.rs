@@ -241,14 +241,12 @@ fn paired_comparisons(groups: &[SeedGroup]) -> Vec<paired::Paired> {
 
 /// The key of a configuration apart from its seed and its K, with `alpha`.
 fn key_without_k(cfg: &PretrainConfig, alpha: Option<f64>) -> String {
-    PretrainConfig {
-        seed: 0,
+    let any_k = PretrainConfig {
         k_negatives: None,
         queue_size: 0,
-        alpha,
         ..cfg.clone()
-    }
-    .to_toml()
+    };
+    config_key(&any_k, alpha)
 }
 
 /// Whether `big` is `small` trained with another K and the same loss: the

@@ -100,7 +100,7 @@ impl Overlap {
     pub fn prepare(&self) -> Result<()> {
         // SAFETY: a live overlap.
         let err = unsafe { shim::eqco_overlap_prepare(self.ptr) };
-        shim::check("arming the gradient hooks", err)
+        shim::check("arming the gradient hooks", err).map_err(|e| self.group.failed(e))
     }
 
     /// After backward: the buckets not yet launched (a parameter without a

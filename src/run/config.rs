@@ -170,7 +170,9 @@ pub struct PretrainConfig {
     /// With several processes, all-reduce each bucket of gradients as soon
     /// as backward has accumulated them, overlapping communication with the
     /// rest of backward (as DDP); `false` averages them after backward.
-    /// Both give the same gradients.
+    /// Both give the same sums; bit for bit at 2 processes (tested), in the
+    /// last bits beyond, where the order of a ring all-reduce's additions
+    /// depends on the buckets' layout.
     pub grad_overlap: bool,
     /// Seconds any wait on another process may take once every rank has
     /// joined (every collective and barrier) before the job ends with an error.
