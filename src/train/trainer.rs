@@ -158,6 +158,9 @@ struct Trainer<'a> {
     data_wait: Duration,
     /// When the training loop began.
     loop_start: Instant,
+    /// Seconds in collectives before the loop (set-up's broadcasts and
+    /// barriers), left out of `comm_share`.
+    comm_before_loop: f64,
     /// The step whose gradient a test makes infinite ([`INJECT_NONFINITE_GRAD`]).
     inject_nonfinite: Option<u64>,
     /// With several processes and `grad_overlap`, the hooks that average
@@ -264,6 +267,7 @@ impl<'a> Trainer<'a> {
             saved: None,
             data_wait: Duration::ZERO,
             loop_start: Instant::now(),
+            comm_before_loop: 0.0,
             inject_nonfinite,
             overlap,
         })
@@ -394,6 +398,7 @@ impl<'a> Trainer<'a> {
     /// Every epoch from where the run stands, until `total_steps`; then the
     /// last figures and a final checkpoint.
     fn train(&mut self) -> Result<()> {
+        self.comm_before_loop = self.opts.world.comm_seconds()?;
         self.loop_start = Instant::now();
         for epoch in self.pos.epoch..self.cfg.epochs as u64 {
             if !self.epoch(epoch)? {
@@ -566,7 +571,7 @@ impl<'a> Trainer<'a> {
         let (cfg, opts, world) = (self.cfg, self.opts, &self.opts.world);
         let loop_seconds = self.loop_start.elapsed().as_secs_f64();
         let (img_per_s_sum, steps_run) = (self.record.img_per_s_sum, self.record.steps);
-        let comm_share = world.comm_seconds()? / loop_seconds.max(1e-9);
+        let comm_share = (world.comm_seconds()? - self.comm_before_loop) / loop_seconds.max(1e-9);
         let out = &opts.out;
         // Rank 0 has the whole record (a resumed run's earlier steps too);
         // the others, this invocation's steps.
