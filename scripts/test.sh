@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-cargo test --release --locked --all-targets "$@"
+cargo test --release --locked --all-targets --features test-hooks "$@"

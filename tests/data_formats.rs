@@ -6,11 +6,11 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use eqco::data::formats::detect;
+use eqco::data::formats::{self, detect};
 use eqco::data::{Cifar100Labels, Dataset, Format, OpenOptions, Split};
 
 fn open(path: &Path, split: Split) -> eqco::Result<Dataset> {
-    Dataset::open(
+    formats::open(
         path,
         &OpenOptions {
             split,
@@ -151,7 +151,7 @@ fn cifar100_fine_and_coarse_labels() {
     assert_eq!(fine.classes.len(), 100);
     assert_eq!(fine.label(123), Some(23));
     assert_eq!(fine.classes[23], "fine23");
-    let coarse = Dataset::open(
+    let coarse = formats::open(
         &dir,
         &OpenOptions {
             cifar100_labels: Cifar100Labels::Coarse,
@@ -228,7 +228,7 @@ fn image_folder_sorted_classes_nested_files_and_bad_images() {
         .unwrap();
     let e = ds.image(broken).unwrap_err().to_string();
     assert!(e.contains("broken.jpg") && e.contains("decode"), "{e}");
-    let skipping = Dataset::open(
+    let skipping = formats::open(
         &root,
         &OpenOptions {
             skip_undecodable: true,

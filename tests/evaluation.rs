@@ -555,12 +555,12 @@ fn check_paired_differences(out: &Path, report: &str, preset: &str, n: usize) {
         if !p.join("metrics.jsonl").is_file() {
             continue;
         }
-        let run = eqco::report::RunView::read(&p).unwrap();
-        if run.role() != eqco::report::Role::Contrastive {
+        let run = eqco::app::report::RunView::read(&p).unwrap();
+        if run.role() != eqco::app::report::Role::Contrastive {
             continue;
         }
         let top1 = json(&p.join("eval/knn.json"))["top1"].as_f64().unwrap();
-        knn.entry((run.cfg.k(), run.cfg.alpha.is_some()))
+        knn.entry((run.cfg.k(), run.cfg.loss.alpha.is_some()))
             .or_default()
             .insert(run.cfg.seed, 100.0 * top1);
     }

@@ -5,6 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
+use eqco::data::formats;
 use eqco::data::{Dataset, Loader, LoaderConfig, Normalize, OpenOptions, Recipe, RecipeName};
 use tch::Tensor;
 
@@ -12,7 +13,7 @@ fn cifar(n_per_batch: usize) -> (tempfile::TempDir, Arc<Dataset>) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cifar");
     common::write_cifar10(&dir, 1, n_per_batch);
-    let ds = Dataset::open(&dir, &OpenOptions::default()).unwrap();
+    let ds = formats::open(&dir, &OpenOptions::default()).unwrap();
     (tmp, Arc::new(ds))
 }
 
@@ -123,7 +124,7 @@ fn a_broken_image_stops_the_epoch_with_its_name() {
     let root = tmp.path().join("folder");
     common::write_image_folder(&root);
     std::fs::write(root.join("a_cls/zz_broken.png"), b"garbage").unwrap();
-    let ds = Arc::new(Dataset::open(&root, &OpenOptions::default()).unwrap());
+    let ds = Arc::new(formats::open(&root, &OpenOptions::default()).unwrap());
     let recipe = Recipe::named(RecipeName::Simclr, 16, 3, Normalize::imagenet()).unwrap();
     let cfg = LoaderConfig {
         batch_size: 6,
@@ -195,9 +196,9 @@ fn channels_last_batches_hold_the_same_views_in_nhwc_memory() {
     let (nchw, nhwc) = (with(false), with(true));
     for (a, b) in [(&nchw.view1, &nhwc.view1), (&nchw.view2, &nhwc.view2)] {
         assert_eq!(b.size(), vec![4, 3, 24, 24]);
-        assert!(a.is_contiguous() && !eqco::device::is_channels_last(a));
+        assert!(a.is_contiguous() && !eqco::base::device::is_channels_last(a));
         assert!(
-            eqco::device::is_channels_last(b),
+            eqco::base::device::is_channels_last(b),
             "strides {:?}",
             b.stride()
         );
@@ -256,7 +257,10 @@ fn staged_batches_and_single_views_hold_the_same_images() {
                 assert_eq!(a.indices, b.indices);
                 assert!(a.view1.equal(&b.view1) && a.view2.equal(&b.view2));
                 assert!(a.labels.as_ref().unwrap().equal(b.labels.as_ref().unwrap()));
-                assert_eq!(eqco::device::is_channels_last(&b.view1), channels_last);
+                assert_eq!(
+                    eqco::base::device::is_channels_last(&b.view1),
+                    channels_last
+                );
             }
         }
         // One view per image: each image's first view, staged or not.

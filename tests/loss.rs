@@ -16,7 +16,7 @@ fn unit(t: Tensor) -> Tensor {
 
 /// Normalised random queries `[n, d]`, positives `[n, d]`, shared negatives `[k, d]`.
 fn batch(n: i64, k: i64, d: i64, seed: u64) -> (Tensor, Tensor, Tensor) {
-    eqco::seed::with_torch_seed(seed, || {
+    eqco::base::seed::with_torch_seed(seed, || {
         let q = unit(Tensor::randn([n, d], F64));
         // Positives correlated with their queries, as after some training.
         let kp = unit(&q + Tensor::randn([n, d], F64) * 0.5);
@@ -180,7 +180,7 @@ fn autograd_matches_theorem_2_and_finite_differences() {
 #[test]
 fn per_query_gradient_works_for_per_query_negatives() {
     let (q, kp, _) = batch(4, 1, 6, 6);
-    let negs = unit(eqco::seed::with_torch_seed(60, || {
+    let negs = unit(eqco::base::seed::with_torch_seed(60, || {
         Tensor::randn([4, 5, 6], F64)
     }));
     let cfg = LossConfig::eqco(0.2, 64.0);
@@ -258,7 +258,7 @@ fn hard_case_has_the_expected_value() {
 
 #[test]
 fn similarities_entry_point_and_diagonal_split() {
-    let s = eqco::seed::with_torch_seed(11, || Tensor::randn([5, 5], F64));
+    let s = eqco::base::seed::with_torch_seed(11, || Tensor::randn([5, 5], F64));
     let (pos, neg) = split_diagonal(&s).unwrap();
     let sv = rows(&s);
     let nv = rows(&neg);

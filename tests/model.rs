@@ -2,8 +2,9 @@
 //! torchvision's, zero-init residuals, EMA arithmetic, the MoCo queue, and
 //! shuffle BN's un-shuffling.
 
-use eqco::device::Compute;
-use eqco::method::moco::{shuffle_indices, Queue};
+use eqco::base::device::Compute;
+use eqco::method::moco::Queue;
+use eqco::method::shuffle::shuffle_indices;
 use eqco::model::{Ema, Encoder, EncoderConfig, HeadKind, Norm, ResNet, ResNetConfig, Stem};
 use rand::SeedableRng;
 use tch::nn::{ModuleT, VarStore};
@@ -29,7 +30,7 @@ fn n_params(vs: &VarStore) -> i64 {
 #[test]
 fn sizes_and_names_match_torchvision() {
     // Draws from libtorch's generator: under its lock, from a seed.
-    eqco::seed::with_torch_seed(0, || {
+    eqco::base::seed::with_torch_seed(0, || {
         // torchvision's resnet18 / resnet50 have 11,689,512 / 25,557,032
         // parameters, of which fc has 513,000 / 2,049,000.
         for (depth, expected, feat) in [(18, 11_176_512, 512), (50, 23_508_032, 2048)] {
@@ -60,7 +61,7 @@ fn sizes_and_names_match_torchvision() {
 #[test]
 fn forward_shapes_for_stems_widths_and_depths() {
     // Draws from libtorch's generator: under its lock, from a seed.
-    eqco::seed::with_torch_seed(1, || {
+    eqco::base::seed::with_torch_seed(1, || {
         for (depth, width, stem, side, feat) in [
             (18, 1.0, Stem::Small, 32, 512),
             (10, 0.25, Stem::Small, 28, 128),
@@ -86,7 +87,7 @@ fn forward_shapes_for_stems_widths_and_depths() {
 #[test]
 fn zero_init_residual_zeroes_each_blocks_last_gamma() {
     // Draws from libtorch's generator: under its lock, from a seed.
-    eqco::seed::with_torch_seed(2, || {
+    eqco::base::seed::with_torch_seed(2, || {
         let vs = VarStore::new(Device::Cpu);
         let cfg = ResNetConfig {
             zero_init_residual: true,
@@ -129,7 +130,7 @@ fn encoder_cfg(head: HeadKind) -> EncoderConfig {
 #[test]
 fn embeddings_are_unit_vectors_for_every_head() {
     // Draws from libtorch's generator: under its lock, from a seed.
-    eqco::seed::with_torch_seed(3, || {
+    eqco::base::seed::with_torch_seed(3, || {
         for head in [HeadKind::Linear, HeadKind::Mlp, HeadKind::MlpBn] {
             let vs = VarStore::new(Device::Cpu);
             let enc = Encoder::new(
@@ -158,7 +159,7 @@ fn embeddings_are_unit_vectors_for_every_head() {
 #[test]
 fn ema_follows_the_moving_average_and_leaves_buffers_alone() {
     // Draws from libtorch's generator: under its lock, from a seed.
-    eqco::seed::with_torch_seed(4, || {
+    eqco::base::seed::with_torch_seed(4, || {
         let cfg = encoder_cfg(HeadKind::MlpBn);
         let q_vs = VarStore::new(Device::Cpu);
         Encoder::new(
@@ -207,7 +208,7 @@ fn ema_follows_the_moving_average_and_leaves_buffers_alone() {
 #[test]
 fn queue_keeps_the_latest_keys_in_order() {
     // Draws from libtorch's generator: under its lock, from a seed.
-    eqco::seed::with_torch_seed(5, || {
+    eqco::base::seed::with_torch_seed(5, || {
         let mut q = Queue::new(6, 2, 0, Device::Cpu);
         assert_eq!(q.keys.size(), vec![6, 2]);
         let norms = q.keys.norm_scalaropt_dim(2, [1], false);
@@ -243,7 +244,7 @@ fn queue_keeps_the_latest_keys_in_order() {
 #[test]
 fn shuffle_bn_returns_every_key_to_its_row() {
     // Draws from libtorch's generator: under its lock, from a seed.
-    eqco::seed::with_torch_seed(6, || {
+    eqco::base::seed::with_torch_seed(6, || {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let (perm, inv) = shuffle_indices(12, &mut rng, Device::Cpu).unwrap();
         let x = Tensor::arange(12, (Kind::Float, Device::Cpu));
@@ -283,7 +284,7 @@ fn shuffle_bn_returns_every_key_to_its_row() {
 #[test]
 fn channels_last_and_bf16_encoders_agree_with_the_plain_one() {
     // Draws from libtorch's generator: under its lock, from a seed.
-    eqco::seed::with_torch_seed(7, || {
+    eqco::base::seed::with_torch_seed(7, || {
         let cfg = encoder_cfg(HeadKind::MlpBn);
         let x = Tensor::randn([8, 1, 12, 12], (Kind::Float, Device::Cpu));
         // The same weights in every encoder (tests run in parallel threads, so
@@ -302,7 +303,10 @@ fn channels_last_and_bf16_encoders_agree_with_the_plain_one() {
             vs.copy(&source).unwrap();
             compute.prepare(&vs);
             let conv = &vs.variables()["layer1.0.conv1.weight"];
-            assert_eq!(eqco::device::is_channels_last(conv), compute.channels_last);
+            assert_eq!(
+                eqco::base::device::is_channels_last(conv),
+                compute.channels_last
+            );
             let z = tch::no_grad(|| enc.embed(&x, true));
             assert_eq!(z.kind(), Kind::Float, "embeddings come out in float32");
             z

@@ -140,10 +140,8 @@ fn resuming_reproduces_the_uninterrupted_run() {
         // Stop after 7 steps (mid-epoch, past the checkpoint at step 4 and
         // the epoch end at 6), as a crash or max_steps would, then resume.
         let part = tmp.path().join(format!("{name}-part"));
-        let first = PretrainConfig {
-            max_steps: Some(7),
-            ..cfg.clone()
-        };
+        let mut first = cfg.clone();
+        first.optim.max_steps = Some(7);
         pretrain(&first, &opts(&part, false)).unwrap();
         pretrain(&cfg, &opts(&part, true)).unwrap();
         let a = metrics::read(&full.join("metrics.jsonl")).unwrap();
@@ -477,6 +475,8 @@ fn checkpoint_steps(run: &Path) -> Vec<u64> {
     steps
 }
 
+/// Needs the fault-injection hook: `scripts/test.sh` builds with `--features test-hooks`.
+#[cfg(feature = "test-hooks")]
 #[test]
 fn a_non_finite_gradient_with_a_finite_loss_ends_the_run_and_no_checkpoint_follows_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -498,7 +498,7 @@ fn a_non_finite_gradient_with_a_finite_loss_ends_the_run_and_no_checkpoint_follo
         );
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_eqco"));
         cmd.args(&args)
-            .env(eqco::train::trainer::INJECT_NONFINITE_GRAD, inject);
+            .env(eqco::train::step::hooks::INJECT_NONFINITE_GRAD, inject);
         procs::Job::start(cmd, "eqco pretrain").wait(Duration::from_secs(240))
     };
     // Step 5 is read with step 6, before step 6's checkpoint; step 6's
@@ -535,15 +535,20 @@ fn a_steps_figures_stay_on_the_device_as_tensors() {
         "fmnist-mocov2",
         &["k_negatives=64", "queue_size=64"],
     );
+    let shape = eqco::method::Shape {
+        encoder: cfg.encoder(3).unwrap(),
+        batch_size: cfg.optim.batch_size,
+        classes: 10,
+        seed: cfg.seed,
+    };
     let mut method = eqco::method::build(
-        &cfg,
-        3,
-        10,
-        eqco::device::Compute::plain(Device::Cpu),
+        &cfg.method,
+        &shape,
+        eqco::base::device::Compute::plain(Device::Cpu),
         &eqco::dist::World::single(),
     )
     .unwrap();
-    let (view1, view2) = eqco::seed::with_torch_seed(1, || {
+    let (view1, view2) = eqco::base::seed::with_torch_seed(1, || {
         (
             tch::Tensor::randn([32, 3, 16, 16], tch::kind::FLOAT_CPU),
             tch::Tensor::randn([32, 3, 16, 16], tch::kind::FLOAT_CPU),
@@ -555,7 +560,7 @@ fn a_steps_figures_stay_on_the_device_as_tensors() {
         indices: (0..32).collect(),
         labels: None,
     };
-    let out = method.forward(&batch, 0).unwrap();
+    let out = eqco::method::objective(method.forward(&batch, 0).unwrap(), &cfg.loss).unwrap();
     for t in [&out.loss, &out.grad_norm_q] {
         assert_eq!(t.dim(), 0, "a scalar tensor");
         assert_eq!(t.kind(), tch::Kind::Float);

@@ -1,9 +1,9 @@
 //! `eqco bench …`: benchmarks that print figures and ratios against PyTorch
-//! (their work lives in [`crate::bench`]).
+//! (their work lives in [`crate::app::bench`]).
 
 use clap::Subcommand;
 
-use crate::bench::{data::DataBench, dist::DistBench, toy_mi::ToyMiBench, train::TrainBench};
+use crate::app::bench::{data::DataBench, dist::DistBench, toy_mi::ToyMiBench, train::TrainBench};
 
 /// The benchmarks.
 #[derive(Debug, Subcommand)]

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 
 use super::CommonArgs;
+use crate::base::error::Error;
+use crate::base::io::atomic_write;
 use crate::data::formats::idx::FASHION_MNIST_DEFAULT_DIR;
 use crate::data::preview::view_pairs_png;
 use crate::data::{
     Cifar100Labels, Dataset, Loader, LoaderConfig, Normalize, OpenOptions, Recipe, RecipeName,
     Split,
 };
-use crate::error::Error;
-use crate::io::atomic_write;
 
 /// The `eqco data` subcommands.
 #[derive(Debug, Subcommand)]
@@ -49,7 +49,7 @@ pub struct DataArgs {
 impl DataArgs {
     /// Opens the dataset at `path`.
     pub fn open(&self, path: &std::path::Path) -> crate::Result<Dataset> {
-        Dataset::open(
+        crate::data::formats::open(
             path,
             &OpenOptions {
                 split: self.split,

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CommonArgs;
+use crate::base::device::parse_device;
+use crate::base::error::Error;
 use crate::data::Split;
-use crate::device::parse_device;
-use crate::error::Error;
 use crate::eval::embed::{check_out, embed, sidecars, EmbedSettings, Layer};
 
 /// Options of `eqco embed`.

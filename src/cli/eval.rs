@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 
 use super::{as_flag, CommonArgs};
-use crate::device::parse_device;
-use crate::error::Error;
+use crate::base::device::parse_device;
+use crate::base::error::Error;
+use crate::base::io::atomic_write;
 use crate::eval::{
     evaluate_knn, evaluate_linear, Frozen, KnnReport, KnnSettings, LinearMode, LinearReport,
     LinearSettings,
 };
-use crate::io::atomic_write;
 
 /// The `eqco eval` subcommands.
 #[derive(Debug, Subcommand)]

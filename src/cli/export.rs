@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::error::Error;
+use crate::base::error::Error;
 use crate::model::export::{torchvision_state, write_safetensors};
 use crate::run::checkpoint;
 

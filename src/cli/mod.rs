@@ -87,10 +87,15 @@ pub struct CommonArgs {
 impl CommonArgs {
     /// `--threads`, or every core of this machine.
     pub fn threads(&self) -> crate::Result<usize> {
-        match self.threads {
-            Some(0) => Err(crate::Error::config("threads", "0 (must be ≥ 1)")),
-            Some(n) => Ok(n),
-            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        self.job().threads()
+    }
+
+    /// Where and how wide the job runs: `--device` and `--threads`.
+    pub fn job(&self) -> crate::job::Request {
+        crate::job::Request {
+            device: self.device.clone(),
+            threads: self.threads,
+            nproc_per_node: None,
         }
     }
 }

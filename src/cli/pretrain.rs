@@ -1,23 +1,13 @@
 //! `eqco pretrain`: self-supervised pretraining from a preset or TOML file.
 
-use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::Args;
 
 use super::CommonArgs;
-use crate::device::parse_device;
-use crate::dist::env::{worker_device, DeviceRequest};
-use crate::dist::launch::{launch, Outcome};
-use crate::dist::{self, Env, World};
-use crate::error::Error;
-use crate::run::checkpoint;
-use crate::run::config::ResumeMode;
-use crate::run::run_config;
-use crate::run::PretrainConfig;
-use crate::train::{pretrain, TrainOptions};
+use crate::job::{self, Ended};
+use crate::run::folder::StartRequest;
+use crate::train::Summary;
 
 /// Options of `eqco pretrain`.
 #[derive(Debug, Args)]
@@ -55,107 +45,39 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
     if let Some(seed) = args.common.seed {
         sets.push(format!("seed={seed}"));
     }
-    let env = Env::from_env()?;
-    let restarted = dist::env::restarted(|k| std::env::var(k).ok())?;
-    let (cfg, out, resume, auto) = resolve_run(&args, &sets, restarted)?;
+    let start = StartRequest {
+        config: args.config.clone(),
+        sets,
+        out: args.common.out.clone(),
+        resume: args.resume.clone(),
+    };
+    let run = job::resolve_run(&start)?;
     if args.print_config {
-        print!("{}", cfg.to_toml());
+        print!("{}", run.config.to_toml());
         return Ok(());
     }
-    let request = DeviceRequest::parse(&args.common.device);
-    let device = parse_device(&args.common.device)?;
-    let backend = cfg.dist_backend.resolve(device)?;
-    // The process that will write the run folder (this one, the launcher of
-    // workers, or rank 0 of a job) refuses one that holds a run, unless the
-    // run resumes on its own.
-    if !auto && env.as_ref().is_none_or(|e| e.rank == 0) {
-        check_out(&out, resume)?;
+    let req = job::Request {
+        nproc_per_node: args.nproc_per_node,
+        ..args.common.job()
+    };
+    match job::pretrain(&run, &req)? {
+        Ended::Trained {
+            summary,
+            main: true,
+        } => report(&summary, &run.out),
+        Ended::Trained { main: false, .. } | Ended::Launched => {}
     }
-    match (args.nproc_per_node, &env) {
-        (Some(0), _) => return Err(Error::config("--nproc-per-node", "0 (must be ≥ 1)").into()),
-        (Some(_), Some(_)) => {
-            return Err(Error::config(
-                "--nproc-per-node",
-                "the torchrun variables (RANK, WORLD_SIZE, …) are set: this process is already one worker of a job; leave --nproc-per-node out",
-            )
-            .into())
-        }
-        (Some(n), None) if n > 1 => {
-            cfg.validate_world(n)?;
-            if device.is_cuda() {
-                // Every worker's GPU exists (the last one's is the highest).
-                worker_device(request, n - 1, n, tch::Cuda::device_count() as usize)?;
-            }
-            return launch_workers(n);
-        }
-        _ => {}
-    }
-    let (local_rank, local_size) = env
-        .as_ref()
-        .map_or((0, 1), |e| (e.local_rank, e.local_world_size));
-    // This worker's GPU, chosen before the process group is made (NCCL is
-    // bound to it).
-    let device = if device.is_cuda() {
-        worker_device(
-            request,
-            local_rank,
-            local_size,
-            tch::Cuda::device_count() as usize,
-        )?
-    } else {
-        device
-    };
-    let world = match &env {
-        None => World::single(),
-        Some(env) => {
-            cfg.validate_world(env.world_size)?;
-            let timeouts = crate::dist::Timeouts {
-                join: Duration::from_secs_f64(cfg.dist_join_timeout),
-                collective: Duration::from_secs_f64(cfg.dist_timeout),
-            };
-            World::join(env, backend, timeouts, device)?
-        }
-    };
-    let threads = match args.common.threads {
-        Some(_) => args.common.threads()?,
-        // Each worker of a machine gets its share of the CPUs it may use.
-        None => {
-            let allowed = dist::env::cpus_allowed().map_or_else(|| args.common.threads(), Ok)?;
-            let online = dist::env::cpus_online().unwrap_or(allowed);
-            dist::env::threads_per_worker(allowed, online, local_size)
-        }
-    };
-    let main = world.is_main();
-    let opts = TrainOptions {
-        out: out.clone(),
-        resume,
-        device,
-        threads,
-        progress: std::io::stderr().is_terminal(),
-        world,
-    };
-    let s = match pretrain(&cfg, &opts) {
-        Ok(s) => s,
-        Err(e) => {
-            let mut err = anyhow::Error::from(e);
-            let world = &opts.world;
-            if world.size > 1 && !format!("{err:#}").contains(&format!("rank {}", world.rank)) {
-                err = err.context(format!("rank {} of {}", world.rank, world.size));
-            }
-            // The other ranks end at once, and learn why.
-            world.abandon(&format!("{err:#}"));
-            return Err(err);
-        }
-    };
-    if !main {
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// What rank 0 says when the run is done.
+fn report(s: &Summary, out: &Path) {
     if s.steps == 0 {
         println!(
             "0 steps: wrote the initialisation only (the random-init baseline) to {}",
             s.checkpoint.display()
         );
-        return Ok(());
+        return;
     }
     println!(
         "{} steps ({} epochs) in {:.1} s: final loss {:.4}, MI bound {:.4} (mean of the last 10 %: {:.4}), {:.0} img/s, {:.1} % of the time waiting for data",
@@ -180,80 +102,4 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
         out.display(),
         s.checkpoint.display()
     );
-    Ok(())
-}
-
-/// The run's configuration, its folder, whether it continues from a
-/// checkpoint, and whether it resumes on its own (`--resume auto`, the
-/// `resume` key, or a restart: then it continues from the newest checkpoint
-/// in `--out` when there is one, and starts fresh otherwise).
-fn resolve_run(
-    args: &PretrainArgs,
-    sets: &[String],
-    restarted: bool,
-) -> crate::Result<(PretrainConfig, PathBuf, bool, bool)> {
-    let auto_flag = args.resume.as_deref() == Some(Path::new("auto"));
-    if let Some(run) = args.resume.as_ref().filter(|_| !auto_flag) {
-        if args.config.is_some() {
-            return Err(Error::config(
-                "--resume",
-                format!(
-                    "{} continues with that run's config.toml: leave --config out (or use --resume auto with --config and --out)",
-                    run.display()
-                ),
-            ));
-        }
-        return Ok((run_config(run, sets)?, run.clone(), true, false));
-    }
-    let cfg = PretrainConfig::load(args.config.as_deref(), sets)?;
-    let out = args
-        .common
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs/pretrain"));
-    let auto = auto_flag || restarted || cfg.resume == ResumeMode::Auto;
-    if auto && checkpoint::latest_path(&out.join("checkpoints")).is_file() {
-        return Ok((run_config(&out, sets)?, out, true, true));
-    }
-    Ok((cfg, out, false, auto))
-}
-
-/// A new run may not overwrite a folder that holds one.
-fn check_out(out: &Path, resume: bool) -> crate::Result<()> {
-    if !resume && out.join("metrics.jsonl").exists() {
-        return Err(Error::config(
-            "--out",
-            format!(
-                "{} already holds a run; continue it with --resume {0}, or choose another --out",
-                out.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Runs this command line as `n` workers (without `--nproc-per-node`) and
-/// reports how they ended.
-fn launch_workers(n: usize) -> anyhow::Result<()> {
-    let mut args: Vec<OsString> = Vec::new();
-    let mut skip = false;
-    for a in std::env::args_os().skip(1) {
-        if skip {
-            skip = false;
-            continue;
-        }
-        match a.to_str() {
-            Some("--nproc-per-node") => skip = true,
-            Some(s) if s.starts_with("--nproc-per-node=") => {}
-            _ => args.push(a),
-        }
-    }
-    match launch(n, &args)? {
-        Outcome::Success => Ok(()),
-        Outcome::Failed(failures) => Err(Error::Workers(failures).into()),
-        Outcome::Interrupted(signal) => {
-            eprintln!("eqco: stopped all {n} workers after signal {signal}");
-            std::process::exit(128 + signal);
-        }
-    }
 }

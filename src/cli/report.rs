@@ -19,7 +19,7 @@ pub struct ReportArgs {
 
 /// Writes the report and prints its Markdown.
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
-    let md = crate::report::write(&args.runs, &args.out)?;
+    let md = crate::app::report::write(&args.runs, &args.out)?;
     print!("{md}");
     println!("\nwrote {}/report.md and its plots", args.out.display());
     Ok(())

@@ -7,9 +7,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CommonArgs;
-use crate::device::parse_device;
+use crate::app::sweep::{SweepConfig, SweepOptions};
 use crate::run::config::MethodName;
-use crate::sweep::{SweepConfig, SweepOptions};
 
 /// Options of `eqco sweep`.
 #[derive(Debug, Args)]
@@ -51,18 +50,21 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     if args.dry_run {
         for run in &plan {
             let c = &run.config;
-            let what = match (c.max_steps, c.method) {
+            let what = match (c.optim.max_steps, c.method.method) {
                 (Some(0), _) => "random init: the initialisation, no training".to_string(),
                 (_, MethodName::Supervised) => {
-                    format!("supervised, N = {}, {} epochs", c.batch_size, c.epochs)
+                    format!(
+                        "supervised, N = {}, {} epochs",
+                        c.optim.batch_size, c.optim.epochs
+                    )
                 }
                 _ => format!(
                     "{}, K = {}, α = {}, N = {}, {} epochs",
-                    format!("{:?}", c.method).to_lowercase(),
+                    format!("{:?}", c.method.method).to_lowercase(),
                     c.k(),
-                    c.alpha.map_or("none".into(), |a| a.to_string()),
-                    c.batch_size,
-                    c.epochs
+                    c.loss.alpha.map_or("none".into(), |a| a.to_string()),
+                    c.optim.batch_size,
+                    c.optim.epochs
                 ),
             };
             println!("{}  ({what})", out.join(&run.name).display());
@@ -71,11 +73,10 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     }
     let opts = SweepOptions {
         out: out.clone(),
-        device: parse_device(&args.common.device)?,
-        threads: args.common.threads()?,
+        job: crate::job::Job::single(&args.common.job())?,
         progress: std::io::stderr().is_terminal(),
     };
-    let md = crate::sweep::run(&cfg, &resolved, &opts)?;
+    let md = crate::app::sweep::run(&cfg, &resolved, &opts)?;
     print!("{md}");
     println!("\nwrote {0}/report.md and its plots", out.display());
     Ok(())

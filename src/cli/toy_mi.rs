@@ -7,9 +7,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CommonArgs;
-use crate::device::parse_device;
-use crate::io::create_dir;
-use crate::toy::{format_table, grid, run_all, write_outputs, ToyConfig};
+use crate::app::toy::{format_table, grid, run_all, write_outputs, ToyConfig};
+use crate::base::device::parse_device;
+use crate::base::io::create_dir;
 
 /// Options of `eqco toy-mi`. Defaults are the paper's protocol.
 #[derive(Debug, Args)]

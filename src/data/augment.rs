@@ -17,7 +17,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::Image;
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// torchvision's RandomResizedCrop: a crop of random area fraction in `scale`
 /// and aspect ratio (log-uniform) in `ratio`, resized to `size × size`.

@@ -4,38 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::formats;
+use super::formats::Format;
 use super::Image;
-use crate::error::{Error, Result};
-
-/// The file formats eqco reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Format {
-    /// MNIST / Fashion-MNIST IDX files, raw or gzip.
-    Idx,
-    /// CIFAR-10, binary version.
-    Cifar10,
-    /// CIFAR-100, binary version.
-    Cifar100,
-    /// STL-10, binary version.
-    Stl10,
-    /// `root/<class>/…/*.{jpg,jpeg,png}`, the ImageNet layout.
-    ImageFolder,
-}
-
-impl Format {
-    /// The name shown to people.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Idx => "IDX (MNIST/Fashion-MNIST)",
-            Format::Cifar10 => "CIFAR-10 (binary)",
-            Format::Cifar100 => "CIFAR-100 (binary)",
-            Format::Stl10 => "STL-10 (binary)",
-            Format::ImageFolder => "ImageFolder",
-        }
-    }
-}
+use crate::base::error::{Error, Result};
 
 /// Which part of a dataset to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -114,28 +85,6 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Opens the dataset at `path`, detecting its format (see [`formats::detect`]).
-    pub fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
-        let format = formats::detect(path)?;
-        Self::open_as(path, format, opts)
-    }
-
-    /// Opens the dataset at `path` in the given format.
-    pub fn open_as(path: &Path, format: Format, opts: &OpenOptions) -> Result<Dataset> {
-        match format {
-            Format::Idx => formats::idx::open(path, opts.split),
-            Format::Cifar10 => formats::cifar::open_cifar10(path, opts.split),
-            Format::Cifar100 => {
-                formats::cifar::open_cifar100(path, opts.split, opts.cifar100_labels)
-            }
-            Format::Stl10 => formats::stl10::open(path, opts.split),
-            Format::ImageFolder => {
-                let root = formats::folder::split_dir(path, opts.split);
-                formats::folder::open(&root, opts.split, opts.skip_undecodable)
-            }
-        }
-    }
-
     /// Builds an in-memory dataset from same-sized images `n × h × w × c`
     /// (HWC bytes) and optional labels; used by the formats and by tests.
     #[allow(clippy::too_many_arguments)]
@@ -212,7 +161,7 @@ impl Dataset {
                     data[i * size..(i + 1) * size].to_vec(),
                 ))
             }
-            Storage::Files { paths } => formats::folder::decode(&paths[i]),
+            Storage::Files { paths } => Image::open(&paths[i]),
         }
     }
 

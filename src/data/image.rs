@@ -15,6 +15,22 @@ pub struct Image {
 }
 
 impl Image {
+    /// Decodes one image file (JPEG, PNG) to RGB; the error names the file.
+    pub fn open(path: &std::path::Path) -> crate::Result<Image> {
+        let img = image::ImageReader::open(path)
+            .map_err(|e| crate::Error::io(path, e))?
+            .with_guessed_format()
+            .map_err(|e| crate::Error::io(path, e))?
+            .decode()
+            .map_err(|e| crate::Error::Data {
+                path: path.to_path_buf(),
+                message: format!("cannot decode image: {e}"),
+            })?
+            .into_rgb8();
+        let (w, h) = img.dimensions();
+        Ok(Image::new(w, h, 3, img.into_raw()))
+    }
+
     /// An image from its bytes; `data.len()` must equal `height · width · channels`.
     pub fn new(width: u32, height: u32, channels: u8, data: Vec<u8>) -> Self {
         debug_assert_eq!(data.len(), (width * height) as usize * channels as usize);

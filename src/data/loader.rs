@@ -29,9 +29,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::staging::{Lease, PinnedCap, PoolPlan, StagingPool};
 use super::{Dataset, Recipe};
-use crate::device::memory::CopyStream;
-use crate::error::{Error, Result};
-use crate::seed::derive;
+use crate::base::device::memory::CopyStream;
+use crate::base::error::{Error, Result};
+use crate::base::seed::derive;
 
 /// Stream tags for [`derive`].
 const SHUFFLE: u64 = 1;

@@ -6,6 +6,7 @@
 //! into tensors on the training device.
 
 pub mod augment;
+pub mod config;
 pub mod dataset;
 pub mod formats;
 pub mod image;
@@ -16,6 +17,8 @@ pub mod preview;
 pub mod synthetic;
 
 pub use augment::{Normalize, Recipe, RecipeName};
-pub use dataset::{Cifar100Labels, Dataset, Format, OpenOptions, Split};
+pub use config::DataConfig;
+pub use dataset::{Cifar100Labels, Dataset, OpenOptions, Split};
+pub use formats::Format;
 pub use image::Image;
 pub use loader::{Loader, LoaderConfig, OneViewBatch, TwoViewBatch, Views};

@@ -3,7 +3,7 @@
 use image::{imageops, RgbImage};
 
 use super::{Image, Loader, Recipe};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// A normalised CHW view back to an RGB image (de-normalised, clamped).
 pub fn view_to_rgb(view: &[f32], recipe: &Recipe) -> RgbImage {

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::device::memory::{pinned_empty, Event};
-use crate::error::{Error, Result};
+use crate::base::device::memory::{pinned_empty, Event};
+use crate::base::error::{Error, Result};
 
 /// The cap of page-locked memory for batches: `pinned_memory_mib` holds for
 /// the whole machine, and each of its `local_processes` workers (one per

@@ -7,8 +7,8 @@ use std::path::Path;
 use image::RgbImage;
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
-use crate::seed::splitmix64;
+use crate::base::error::{Error, Result};
+use crate::base::seed::splitmix64;
 
 /// A `w × h` RGB image, different for each `i`.
 pub fn image(i: usize, w: u32, h: u32) -> RgbImage {

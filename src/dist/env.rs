@@ -14,7 +14,7 @@ use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 
 use tch::Device;
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// The variable a worker of `eqco pretrain --nproc-per-node` writes its
 /// final error to (plain text).

@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result, WorkerFailure};
 
 pub use super::env::ERROR_FILE;
 
@@ -28,18 +28,6 @@ extern "C" fn on_signal(signal: libc::c_int) {
     RECEIVED.store(signal, Ordering::SeqCst);
 }
 
-/// A worker that ended badly.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// Its rank.
-    pub rank: usize,
-    /// Its exit code (none when a signal ended it); 2 means a usage or
-    /// configuration error.
-    pub code: Option<i32>,
-    /// What it wrote to its error file, or how it ended.
-    pub message: String,
-}
-
 /// How the launched job ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -47,7 +35,7 @@ pub enum Outcome {
     Success,
     /// Workers failed on their own (not stopped by the launcher), the likely
     /// cause first: one killed by a signal, else the lowest rank.
-    Failed(Vec<Failure>),
+    Failed(Vec<WorkerFailure>),
     /// The launcher was interrupted (the signal it received, forwarded).
     Interrupted(i32),
 }
@@ -108,11 +96,11 @@ pub fn launch(nproc: usize, args: &[OsString]) -> Result<Outcome> {
                 }
             }
             stop(&mut workers, libc::SIGTERM);
-            let mut failures: Vec<Failure> = done
+            let mut failures: Vec<WorkerFailure> = done
                 .iter()
                 .enumerate()
                 .filter_map(|(rank, s)| s.filter(|s| !s.success()).map(|s| (rank, s)))
-                .map(|(rank, status)| Failure {
+                .map(|(rank, status)| WorkerFailure {
                     rank,
                     code: status.code(),
                     message: std::fs::read_to_string(error_file(errors.path(), rank))

@@ -15,10 +15,12 @@
 //! collectives fail at once and name it ([`Group::cause`]), with or
 //! without a launcher that stops the job.
 
+pub mod config;
 pub mod env;
 pub mod launch;
 pub mod overlap;
 
+pub use config::DistConfig;
 pub use env::Env;
 pub use overlap::Overlap;
 
@@ -31,8 +33,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
-use crate::shim;
+use crate::base::error::{Error, Result};
+use crate::base::shim;
 
 /// The collective backend (the `dist_backend` key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use tch::Tensor;
 
 use super::Group;
-use crate::error::{Error, Result};
-use crate::shim;
+use crate::base::error::{Error, Result};
+use crate::base::shim;
 
 /// The first bucket's cap, as DDP's (`_DEFAULT_FIRST_BUCKET_BYTES`): small,
 /// so that the first all-reduce starts early in backward.

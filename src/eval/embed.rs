@@ -22,13 +22,12 @@ use serde::Serialize;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Tensor};
 
-use crate::data::{Dataset, Recipe, RecipeName, Split};
-use crate::device::{float32, Compute};
-use crate::error::{Error, Result};
-use crate::method::shared::load_named;
+use crate::base::device::{float32, Compute};
+use crate::base::error::{Error, Result};
+use crate::data::{DataConfig, Dataset, Recipe, RecipeName, Split};
 use crate::model::head::l2_normalize;
-use crate::model::{Encoder, Norm, ResNet};
-use crate::run::{checkpoint, open_dataset, recipe_for, run_config, MethodName, PretrainConfig};
+use crate::model::{Encoder, ResNet};
+use crate::run::{MethodName, RunCheckpoint};
 
 /// Which output of the encoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -142,43 +141,21 @@ enum Model {
 /// Loads the checkpoint's encoder (its run folder's `config.toml` gives the
 /// model) and embeds every image of the chosen split.
 pub fn embed(checkpoint_file: &Path, s: &EmbedSettings) -> Result<Embeddings> {
-    let (state, pos) = checkpoint::load(checkpoint_file)?;
-    let run = checkpoint_file
-        .parent()
-        .and_then(|p| p.parent())
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let mut config = run_config(&run, &[])?;
-    if let Some(d) = &s.dataset {
-        config.dataset = "auto".into();
-        config.data_dir = Some(d.clone());
-    }
-    let (dataset, recipe) = open_split(&config, s.split)?;
-    let (compute, precision, warning) =
-        Compute::resolve(config.precision, config.memory_format, s.device);
+    let opened = RunCheckpoint::open(checkpoint_file, s.dataset.as_deref())?;
+    let config = &opened.config;
+    let (dataset, recipe) = open_split(&config.data, s.split)?;
+    let (compute, precision, warning) = opened.compute(s.device);
     if let Some(w) = warning {
         eprintln!("warning: {w}");
     }
     let vs = VarStore::new(s.device);
-    // The initial weights are overwritten below; drawing them takes the
-    // generator's lock all the same (see `seed::with_torch_seed`).
-    let model = crate::seed::with_torch_seed(config.seed, || {
-        build(&config, &vs, recipe.channels, s.layer, compute)
-    })?;
-    compute.prepare(&vs);
-    load_named("query.", &vs, &state).map_err(|e| Error::Data {
-        path: checkpoint_file.to_path_buf(),
-        message: format!(
-            "does not fit the model of its run's config.toml ({}): {e}",
-            run.join("config.toml").display()
-        ),
-    })?;
+    let model = build(&opened, &vs, recipe.channels, s.layer, compute)?;
     let indices: Vec<usize> = (0..dataset.len()).collect();
     let (values, dim) = forward_all(&model, &dataset, &recipe, &indices, compute, s)?;
     let info = EmbedInfo {
         checkpoint: checkpoint_file.to_path_buf(),
-        step: pos.step,
-        method: config.method,
+        step: opened.checkpoint.pos.step,
+        method: config.method.method,
         layer: s.layer,
         l2_normalized: s.normalize,
         dataset: dataset.source.clone(),
@@ -199,19 +176,13 @@ pub fn embed(checkpoint_file: &Path, s: &EmbedSettings) -> Result<Embeddings> {
 /// The split to embed, and the evaluation recipe with the normalisation of
 /// the source's training split (the statistics the encoder was trained and
 /// is evaluated with; the split's own where there is no training split).
-fn open_split(config: &PretrainConfig, split: Split) -> Result<(Arc<Dataset>, Recipe)> {
-    let open = |split| {
-        open_dataset(&PretrainConfig {
-            split,
-            ..config.clone()
-        })
-    };
-    let dataset = open(split)?;
+fn open_split(data: &DataConfig, split: Split) -> Result<(Arc<Dataset>, Recipe)> {
+    let dataset = data.open(split)?;
     let recipe = match split {
-        Split::Train => recipe_for(config, &dataset, RecipeName::Eval)?,
-        _ => match open(Split::Train) {
-            Ok(train) => recipe_for(config, &train, RecipeName::Eval)?,
-            Err(_) => recipe_for(config, &dataset, RecipeName::Eval)?,
+        Split::Train => data.recipe(&dataset, RecipeName::Eval)?,
+        _ => match data.open(Split::Train) {
+            Ok(train) => data.recipe(&train, RecipeName::Eval)?,
+            Err(_) => data.recipe(&dataset, RecipeName::Eval)?,
         },
     };
     if dataset.is_empty() {
@@ -224,24 +195,23 @@ fn open_split(config: &PretrainConfig, split: Split) -> Result<(Arc<Dataset>, Re
 }
 
 /// The backbone (its variables at the root, as in the checkpoint's
-/// `query.*`) or the backbone and head.
+/// `query.*`) or the backbone and head, with the checkpoint's weights.
 fn build(
-    config: &PretrainConfig,
+    opened: &RunCheckpoint,
     vs: &VarStore,
     channels: u8,
     layer: Layer,
     compute: Compute,
 ) -> Result<Model> {
-    let encoder = config.encoder(channels)?;
     Ok(match layer {
-        Layer::Backbone => Model::Backbone(ResNet::new(&vs.root(), encoder.resnet)?),
-        Layer::Head if config.method == MethodName::Supervised => {
+        Layer::Backbone => Model::Backbone(opened.backbone(vs, channels, compute)?),
+        Layer::Head if opened.config.method.method == MethodName::Supervised => {
             return Err(Error::config(
                 "--layer",
                 "head: this run is the supervised baseline, which has no projection head (use --layer backbone)",
             ))
         }
-        Layer::Head => Model::Head(Encoder::new(&vs.root(), &encoder, compute, &Norm::Local)?),
+        Layer::Head => Model::Head(opened.encoder(vs, channels, compute)?),
     })
 }
 
@@ -312,7 +282,7 @@ pub fn check_out(out: &Path) -> Result<OutputFormat> {
     }
     let format = OutputFormat::of(out)?;
     let dir = parent(out);
-    crate::io::create_dir(dir)?;
+    crate::base::io::create_dir(dir)?;
     let probe = temp_beside(out, "probe");
     std::fs::OpenOptions::new()
         .write(true)

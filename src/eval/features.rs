@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
 
+use crate::base::device::{float32, Compute};
+use crate::base::error::Result;
 use crate::data::{Dataset, Loader, LoaderConfig, Recipe};
-use crate::device::{float32, Compute};
-use crate::error::Result;
 use crate::model::ResNet;
 
 /// Images per forward pass.

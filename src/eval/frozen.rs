@@ -9,15 +9,12 @@ use tch::{Device, Tensor};
 
 use super::features::extract;
 
+use crate::base::device::memory::upload;
+use crate::base::device::Compute;
+use crate::base::error::{Error, Result};
 use crate::data::{Dataset, Recipe, RecipeName, Split};
-use crate::device::memory::upload;
-use crate::device::Compute;
-use crate::error::{Error, Result};
-use crate::method::shared::load_named;
 use crate::model::ResNet;
-use crate::run::checkpoint;
-use crate::run::PretrainConfig;
-use crate::run::{open_dataset, recipe_for, run_config};
+use crate::run::{PretrainConfig, RunCheckpoint};
 
 /// A pretrained (or randomly initialised, or supervised) backbone and the
 /// train and test splits of its dataset.
@@ -55,27 +52,10 @@ impl Frozen {
         device: Device,
         threads: usize,
     ) -> Result<Frozen> {
-        let run = checkpoint
-            .parent()
-            .and_then(|p| p.parent())
-            .map(PathBuf::from)
-            .unwrap_or_default();
-        // The checkpoint first: a missing file is named as such, not as a
-        // missing config.toml beside it.
-        let (state, pos) = checkpoint::load(checkpoint)?;
-        let mut config = run_config(&run, &[])?;
-        if let Some(d) = dataset {
-            config.dataset = "auto".into();
-            config.data_dir = Some(d.to_path_buf());
-        }
-        let split = |split| {
-            open_dataset(&PretrainConfig {
-                split,
-                ..config.clone()
-            })
-        };
-        let train = split(Split::Train)?;
-        let test = split(Split::Test)?;
+        let opened = RunCheckpoint::open(checkpoint, dataset)?;
+        let config = &opened.config;
+        let train = config.data.open(Split::Train)?;
+        let test = config.data.open(Split::Test)?;
         if !train.has_labels() || !test.has_labels() {
             return Err(Error::config(
                 "--dataset",
@@ -85,25 +65,16 @@ impl Frozen {
                 ),
             ));
         }
-        let channels = recipe_for(&config, &train, RecipeName::Eval)?.channels;
+        let channels = config.data.recipe(&train, RecipeName::Eval)?.channels;
         // Only the backbone: it sits at the root of the query encoder's
         // variables (`query.conv1.weight`, …) for every method.
         let vs = tch::nn::VarStore::new(device);
-        // Its initial weights are overwritten below, but drawing them still
-        // takes the generator's lock, so that it cannot perturb another
-        // thread's seeded draws.
-        let resnet = config.encoder(channels)?.resnet;
-        let backbone =
-            crate::seed::with_torch_seed(config.seed, || ResNet::new(&vs.root(), resnet))?;
-        let (compute, _, _) = Compute::resolve(config.precision, config.memory_format, device);
-        compute.prepare(&vs);
-        load_named("query.", &vs, &state).map_err(|e| Error::Data {
-            path: checkpoint.to_path_buf(),
-            message: format!("does not fit the run's configuration: {e}"),
-        })?;
+        let (compute, _, _) = opened.compute(device);
+        let backbone = opened.backbone(&vs, channels, compute)?;
+        let RunCheckpoint { checkpoint, config } = opened;
         Ok(Frozen {
-            checkpoint: checkpoint.to_path_buf(),
-            step: pos.step,
+            step: checkpoint.pos.step,
+            checkpoint: checkpoint.file,
             config,
             train: Arc::new(train),
             test: Arc::new(test),
@@ -124,7 +95,7 @@ impl Frozen {
 
     /// The recipe `name` at the run's view size and channels.
     pub fn recipe(&self, name: RecipeName) -> Result<Recipe> {
-        recipe_for(&self.config, &self.train, name)
+        self.config.data.recipe(&self.train, name)
     }
 
     /// Features and labels of images `indices` of the training split, on

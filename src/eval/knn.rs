@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use super::frozen::Frozen;
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::model::head::l2_normalize;
 
 /// Top-1 and top-5 accuracy, in [0, 1].

@@ -25,12 +25,12 @@ use tch::{Kind, Tensor};
 
 use super::frozen::Frozen;
 use super::knn::Accuracy;
+use crate::base::device::float32;
+use crate::base::error::{Error, Result};
+use crate::base::seed::derive;
+use crate::data::config::subset;
 use crate::data::{Loader, LoaderConfig, RecipeName};
-use crate::device::float32;
-use crate::error::{Error, Result};
 use crate::optim::Sgd;
-use crate::run::training_images;
-use crate::seed::derive;
 
 /// How the classifier's training images reach it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -170,7 +170,7 @@ impl Probe {
         device: tch::Device,
     ) -> Probe {
         let vs = nn::VarStore::new(device);
-        let fc = crate::seed::with_torch_seed(settings.seed, || {
+        let fc = crate::base::seed::with_torch_seed(settings.seed, || {
             nn::linear(
                 vs.root() / "fc",
                 features,
@@ -285,13 +285,10 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
     let start = Instant::now();
     let device = frozen.device;
     let eval = frozen.recipe(RecipeName::Eval)?;
-    let images = training_images(
-        &crate::run::PretrainConfig {
-            max_images: settings.max_images,
-            seed: derive(settings.seed, &[LINEAR_SUBSET]),
-            ..frozen.config.clone()
-        },
+    let images = subset(
         frozen.train.len(),
+        settings.max_images,
+        derive(settings.seed, &[LINEAR_SUBSET]),
     );
     let dim = frozen.config.encoder(eval.channels)?.resnet.feature_dim();
     let mut probe = Probe::new(dim, frozen.classes(), settings, device);
@@ -366,7 +363,7 @@ mod tests {
 
     /// Three Gaussian blobs in 8 dimensions, `n` points each.
     fn blobs(n: i64, seed: u64) -> (Tensor, Tensor) {
-        let noise = crate::seed::with_torch_seed(seed, || {
+        let noise = crate::base::seed::with_torch_seed(seed, || {
             Tensor::randn([3 * n, 8], (Kind::Float, tch::Device::Cpu))
         });
         let centres = Tensor::from_slice(&[4.0f32, 0.0, -4.0])
@@ -409,7 +406,7 @@ mod tests {
     fn shuffled_labels_are_not_learned() {
         let (x, y) = blobs(100, 1);
         let (tx, ty) = blobs(50, 2);
-        let perm = crate::seed::with_torch_seed(3, || {
+        let perm = crate::base::seed::with_torch_seed(3, || {
             Tensor::randperm(300, (Kind::Int64, tch::Device::Cpu))
         });
         let s = settings();

@@ -5,9 +5,9 @@
 //! times their mean: training with K negatives then behaves like training with
 //! α negatives (same mutual-information bound `ln α − L`, same gradient scale).
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// `m = τ·ln(α/K)`: the EqCo margin (Eq. 5). Positive for `K < α`.
 pub fn eqco_margin(tau: f64, alpha: f64, k: usize) -> f64 {
@@ -21,17 +21,49 @@ pub fn eqco_margin(tau: f64, alpha: f64, k: usize) -> f64 {
 /// - `margin = Some(m)`: a fixed margin (Eq. 1), for experiments.
 ///
 /// `alpha` and `margin` together are an error.
+///
+/// As the loss section of a run's configuration, its keys are `tau` and
+/// `alpha` (`"none"` for plain InfoNCE); a fixed margin is not a key.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
-    /// Temperature τ > 0.
+    /// Temperature τ.
     pub tau: f64,
-    /// EqCo's α, "the number of negatives to mimic"; `None` for no EqCo.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// EqCo's α; absent (or `"none"`) for plain InfoNCE.
+    #[serde(
+        deserialize_with = "alpha_or_none",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub alpha: Option<f64>,
     /// A fixed margin m; exclusive with `alpha`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip)]
     pub margin: Option<f64>,
+}
+
+impl Default for LossConfig {
+    /// Plain InfoNCE at τ = 0.2.
+    fn default() -> Self {
+        LossConfig::infonce(0.2)
+    }
+}
+
+/// `alpha` as a number, or `"none"` for plain InfoNCE.
+fn alpha_or_none<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum A {
+        Num(f64),
+        Int(i64),
+        Text(String),
+    }
+    match A::deserialize(d)? {
+        A::Num(v) => Ok(Some(v)),
+        A::Int(v) => Ok(Some(v as f64)),
+        A::Text(s) if s.eq_ignore_ascii_case("none") => Ok(None),
+        A::Text(s) => Err(serde::de::Error::custom(format!(
+            "'{s}' is not a number or \"none\""
+        ))),
+    }
 }
 
 impl LossConfig {

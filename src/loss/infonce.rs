@@ -14,7 +14,7 @@
 use tch::{Kind, Tensor};
 
 use super::LossConfig;
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// The negatives each query is contrasted with.
 #[derive(Debug, Clone, Copy)]

@@ -10,7 +10,7 @@ use rand::seq::index;
 use rand::Rng;
 use tch::Tensor;
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// SiMo's rule: one random subset of K of the other N − 1 keys, shared by every
 /// row, for N queries whose positive is the key with the same index.

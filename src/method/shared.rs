@@ -1,5 +1,6 @@
-//! Parts the frameworks share: a query encoder with its momentum twin, the
-//! loss with its diagnostics, and per-step random streams.
+//! Parts the frameworks share: a query encoder with its momentum twin,
+//! per-step random streams, gathered rows and the batch normalisation of a
+//! mode.
 
 use std::collections::HashMap;
 
@@ -8,13 +9,12 @@ use rand_chacha::ChaCha8Rng;
 use tch::nn::VarStore;
 use tch::Tensor;
 
-use super::StepOutput;
-use crate::device::Compute;
+use crate::base::device::Compute;
+use crate::base::error::Result;
+use crate::base::seed::derive;
 use crate::dist::{BnMode, World};
-use crate::error::{Error, Result};
-use crate::loss::{grad_norm_q, InfoNceOutput, Negatives};
+use crate::model::state::{load_named, named};
 use crate::model::{Ema, Encoder, EncoderConfig, Norm};
-use crate::seed::derive;
 
 /// A query encoder and its momentum (key) encoder.
 pub struct MomentumPair {
@@ -65,52 +65,9 @@ impl MomentumPair {
     }
 }
 
-/// Every variable of `vs`, sorted by name, prefixed.
-pub fn named(prefix: &str, vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .map(|(n, t)| (format!("{prefix}{n}"), t))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-/// Copies `prefix<name>` entries of `state` into the variables of `vs`.
-pub fn load_named(prefix: &str, vs: &VarStore, state: &HashMap<String, Tensor>) -> Result<()> {
-    tch::no_grad(|| {
-        for (name, mut var) in vs.variables() {
-            let src = state
-                .get(&format!("{prefix}{name}"))
-                .ok_or_else(|| Error::Internal(format!("checkpoint has no {prefix}{name}")))?;
-            if src.size() != var.size() {
-                return Err(Error::Internal(format!(
-                    "checkpoint's {prefix}{name} is {:?}, the model's {:?}",
-                    src.size(),
-                    var.size()
-                )));
-            }
-            var.copy_(src);
-        }
-        Ok(())
-    })
-}
-
 /// The RNG of one step's sampling for one purpose.
 pub fn step_rng(seed: u64, purpose: u64, step: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(derive(seed, &[purpose, step]))
-}
-
-/// The step's output: the loss, its MI bound's offset and the mean
-/// closed-form `‖∂L_i/∂q_i‖` for positives `k_pos` and the given negatives
-/// (still on the device).
-pub fn finish(out: InfoNceOutput, k_pos: &Tensor, negatives: Negatives<'_>) -> StepOutput {
-    let grad_norm_q = grad_norm_q(&out, &k_pos.detach(), negatives).mean(tch::Kind::Float);
-    StepOutput {
-        mi_bound_offset: out.mi_bound_offset(),
-        grad_norm_q,
-        loss: out.loss,
-    }
 }
 
 /// Every rank's rows of `t` stacked in rank order, without a gradient

@@ -15,16 +15,15 @@ use std::collections::HashMap;
 use tch::nn::VarStore;
 use tch::Tensor;
 
-use super::shared::{finish, norm_for, step_rng};
-use super::{Method, StepOutput};
+use super::shared::{norm_for, step_rng};
+use super::{Contrast, Forward, Method, MethodConfig, NegativeKeys, Shape};
+use crate::base::device::memory::upload;
+use crate::base::device::Compute;
+use crate::base::error::Result;
 use crate::data::TwoViewBatch;
-use crate::device::memory::upload;
-use crate::device::Compute;
 use crate::dist::World;
-use crate::error::Result;
-use crate::loss::{info_nce, negatives, LossConfig, Negatives};
-use crate::model::{Encoder, EncoderConfig};
-use crate::run::config::PretrainConfig;
+use crate::loss::negatives;
+use crate::model::Encoder;
 
 /// Seed stream of the negative samples.
 const NEGATIVES: u64 = 12;
@@ -33,29 +32,28 @@ const NEGATIVES: u64 = 12;
 pub struct SimClr {
     vs: VarStore,
     encoder: Encoder,
-    loss: LossConfig,
     k: usize,
     seed: u64,
     world: World,
 }
 
 impl SimClr {
-    /// SimCLR for encoder `enc` and the settings of `cfg`, one of `world`'s ranks.
+    /// SimCLR as `cfg` says for `shape`, one of `world`'s ranks.
     pub fn new(
-        enc: &EncoderConfig,
-        cfg: &PretrainConfig,
+        cfg: &MethodConfig,
+        shape: &Shape,
         compute: Compute,
         world: &World,
     ) -> Result<SimClr> {
         let vs = VarStore::new(compute.device);
-        let encoder = Encoder::new(&vs.root(), enc, compute, &norm_for(cfg.bn(), world))?;
+        let norm = norm_for(cfg.bn(), world);
+        let encoder = Encoder::new(&vs.root(), &shape.encoder, compute, &norm)?;
         compute.prepare(&vs);
         Ok(SimClr {
             vs,
             encoder,
-            loss: cfg.loss(),
-            k: cfg.k(),
-            seed: cfg.seed,
+            k: cfg.k(shape.batch_size),
+            seed: shape.seed,
             world: world.clone(),
         })
     }
@@ -77,7 +75,7 @@ impl SimClr {
 }
 
 impl Method for SimClr {
-    fn forward(&mut self, batch: &TwoViewBatch, step: u64) -> Result<StepOutput> {
+    fn forward(&mut self, batch: &TwoViewBatch, step: u64) -> Result<Forward> {
         let (v1, v2) = (&batch.view1, &batch.view2);
         let local = self.encoder.embed(&Tensor::cat(&[v1, v2], 0), true);
         let z = self.gather_embeddings(&local)?;
@@ -108,12 +106,11 @@ impl Method for SimClr {
             .flat_map(|&i| all[i * self.k..(i + 1) * self.k].iter().copied())
             .collect();
         let idx = upload(&mine, z.device())?.view([m, self.k as i64]);
-        let negs = Negatives::Indexed {
-            keys: &z,
-            idx: &idx,
-        };
-        let out = info_nce(&q, &k_pos, negs, &self.loss)?;
-        Ok(finish(out, &k_pos, negs))
+        Ok(Forward::Contrast(Contrast {
+            q,
+            k_pos,
+            negatives: NegativeKeys::Indexed { keys: z, idx },
+        }))
     }
 
     fn query(&self) -> &VarStore {

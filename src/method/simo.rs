@@ -13,17 +13,15 @@ use std::collections::HashMap;
 use tch::nn::VarStore;
 use tch::Tensor;
 
-use super::moco::{keys_with_shuffle_bn, SHUFFLE};
-use super::shared::{finish, gather_rows, norm_for, step_rng, MomentumPair};
-use super::{Method, StepOutput};
+use super::shared::{gather_rows, norm_for, step_rng, MomentumPair};
+use super::shuffle::PairNorm;
+use super::{Contrast, Forward, Method, MethodConfig, NegativeKeys, Shape};
+use crate::base::device::memory::upload;
+use crate::base::device::Compute;
+use crate::base::error::Result;
 use crate::data::TwoViewBatch;
-use crate::device::memory::upload;
-use crate::device::Compute;
-use crate::dist::{BnMode, World};
-use crate::error::Result;
-use crate::loss::{info_nce, negatives, LossConfig, Negatives};
-use crate::model::EncoderConfig;
-use crate::run::config::PretrainConfig;
+use crate::dist::World;
+use crate::loss::negatives;
 
 /// Seed stream of the negative subsets.
 const NEGATIVES: u64 = 11;
@@ -31,45 +29,23 @@ const NEGATIVES: u64 = 11;
 /// SiMo with K shared in-batch negatives.
 pub struct Simo {
     pair: MomentumPair,
-    loss: LossConfig,
+    norm: PairNorm,
     k: usize,
     ema_momentum: f64,
     seed: u64,
-    bn: BnMode,
-    /// Shuffle BN's groups on this rank.
-    groups: i64,
     world: World,
 }
 
 impl Simo {
-    /// SiMo for encoders `enc` and the settings of `cfg`, one of `world`'s ranks.
-    pub fn new(
-        enc: &EncoderConfig,
-        cfg: &PretrainConfig,
-        compute: Compute,
-        world: &World,
-    ) -> Result<Simo> {
+    /// SiMo as `cfg` says for `shape`, one of `world`'s ranks.
+    pub fn new(cfg: &MethodConfig, shape: &Shape, compute: Compute, world: &World) -> Result<Simo> {
         Ok(Simo {
-            pair: MomentumPair::new(enc, compute, &norm_for(cfg.bn(), world))?,
-            loss: cfg.loss(),
-            k: cfg.k(),
+            pair: MomentumPair::new(&shape.encoder, compute, &norm_for(cfg.bn(), world))?,
+            norm: PairNorm::new(cfg, shape.seed, world),
+            k: cfg.k(shape.batch_size),
             ema_momentum: cfg.ema_momentum,
-            seed: cfg.seed,
-            bn: cfg.bn(),
-            groups: cfg.groups_per_rank(world.size),
+            seed: shape.seed,
             world: world.clone(),
-        })
-    }
-
-    /// The keys of this rank's images `v2`: the momentum encoder with the
-    /// global batch's BN statistics, or with shuffle BN.
-    fn keys(&self, v2: &Tensor, step: u64) -> Result<Tensor> {
-        tch::no_grad(|| match self.bn {
-            BnMode::Shuffle => {
-                let mut rng = step_rng(self.seed, SHUFFLE, step);
-                keys_with_shuffle_bn(&self.pair.key, v2, self.groups, &self.world, &mut rng)
-            }
-            BnMode::Sync | BnMode::Local => Ok(self.pair.key.embed(v2, true)),
         })
     }
 
@@ -90,24 +66,19 @@ impl Simo {
 }
 
 impl Method for Simo {
-    fn forward(&mut self, batch: &TwoViewBatch, step: u64) -> Result<StepOutput> {
-        let (v1, v2) = (&batch.view1, &batch.view2);
-        let q = match self.bn {
-            BnMode::Shuffle => self.pair.query.embed_grouped(v1, self.groups, true),
-            BnMode::Sync | BnMode::Local => self.pair.query.embed(v1, true),
-        };
+    fn forward(&mut self, batch: &TwoViewBatch, step: u64) -> Result<Forward> {
+        let q = self.norm.queries(&self.pair.query, &batch.view1);
         // As the reference: update the key encoder, then compute the keys.
         self.pair.momentum_update(self.ema_momentum);
-        let k = self.keys(v2, step)?;
-        let all_keys = gather_rows(&k, &self.world)?;
+        let k = self.norm.keys(&self.pair.key, &batch.view2, step)?;
+        let keys = gather_rows(&k, &self.world)?;
         let n_global = q.size()[0] as usize * self.world.size;
         let idx = self.negative_indices(n_global, step, q.device())?;
-        let negs = Negatives::Indexed {
-            keys: &all_keys,
-            idx: &idx,
-        };
-        let out = info_nce(&q, &k, negs, &self.loss)?;
-        Ok(finish(out, &k, negs))
+        Ok(Forward::Contrast(Contrast {
+            q,
+            k_pos: k,
+            negatives: NegativeKeys::Indexed { keys, idx },
+        }))
     }
 
     fn query(&self) -> &VarStore {

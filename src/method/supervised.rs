@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use tch::nn::{self, Module, ModuleT, VarStore};
 use tch::{Kind, Tensor};
 
-use super::{Method, StepOutput};
+use super::{Forward, Method, StepOutput};
+use crate::base::device::{float32, Compute};
+use crate::base::error::{Error, Result};
 use crate::data::TwoViewBatch;
-use crate::device::{float32, Compute};
-use crate::error::{Error, Result};
 use crate::model::{EncoderConfig, Norm, ResNet};
 
 /// A backbone with a linear classifier, trained on labels.
@@ -64,7 +64,7 @@ impl Supervised {
 }
 
 impl Method for Supervised {
-    fn forward(&mut self, batch: &TwoViewBatch, _step: u64) -> Result<StepOutput> {
+    fn forward(&mut self, batch: &TwoViewBatch, _step: u64) -> Result<Forward> {
         let labels = batch.labels.as_ref().ok_or_else(|| {
             Error::config(
                 "method",
@@ -84,11 +84,11 @@ impl Method for Supervised {
             let grad = residual.matmul(&self.fc.ws.to_kind(Kind::Float));
             grad.norm_scalaropt_dim(2, [1], false).mean(Kind::Float)
         });
-        Ok(StepOutput {
+        Ok(Forward::Loss(StepOutput {
             loss,
             mi_bound_offset: (self.classes as f64).ln(),
             grad_norm_q,
-        })
+        }))
     }
 
     fn query(&self) -> &VarStore {

@@ -10,8 +10,8 @@ use std::ffi::c_void;
 use tch::nn::VarStore;
 use tch::Tensor;
 
-use crate::error::{Error, Result};
-use crate::shim;
+use crate::base::error::{Error, Result};
+use crate::base::shim;
 
 /// Matched (key, query) parameter pairs of two identically built var stores.
 pub struct Ema {
@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn the_multi_tensor_update_equals_lerp_per_parameter_bit_for_bit() {
         let query = VarStore::new(Device::Cpu);
-        crate::seed::with_torch_seed(1, || {
+        crate::base::seed::with_torch_seed(1, || {
             for (i, shape) in [vec![8, 4, 3, 3], vec![16], vec![5, 7]].iter().enumerate() {
                 let _ = query.root().randn(&format!("w{i}"), shape, 0.0, 1.0);
             }
@@ -89,7 +89,7 @@ mod tests {
         }
         let ema = Ema::new(&mut key, &query).unwrap();
         // Move the query away from the key, so that the average does something.
-        crate::seed::with_torch_seed(2, || {
+        crate::base::seed::with_torch_seed(2, || {
             tch::no_grad(|| {
                 for (_, q) in query.variables() {
                     let _ = q.shallow_clone().g_add_(&q.randn_like());

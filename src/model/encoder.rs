@@ -11,8 +11,8 @@ use tch::Tensor;
 use super::head::{head, l2_normalize, HeadKind};
 use super::norm::Norm;
 use super::resnet::{ResNet, ResNetConfig};
-use crate::device::{float32, Compute};
-use crate::error::Result;
+use crate::base::device::{float32, Compute};
+use crate::base::error::Result;
 
 /// What an encoder is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// The backbone of checkpoint tensors `state` (entries `query.*`) under
 /// torchvision's names, sorted, with `num_batches_tracked = steps` for each
@@ -86,5 +86,5 @@ pub fn write_safetensors(
         path: path.to_path_buf(),
         message: format!("serialising failed: {e:?}"),
     })?;
-    crate::io::atomic_write(path, &data)
+    crate::base::io::atomic_write(path, &data)
 }

@@ -13,7 +13,7 @@ use tch::nn::{self, ConvConfig, ModuleT};
 use tch::Tensor;
 
 use super::norm::{batch_norm, BatchNorm, Norm};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// The first layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

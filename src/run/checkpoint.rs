@@ -1,16 +1,32 @@
-//! Checkpoints: one safetensors file per save holding the query encoder
-//! (`query.*`), the method's state (`key.*`, `queue.*`), the optimizer's
-//! momentum buffers (`optim.*`) and the position (`meta.step`, `meta.epoch`,
-//! `meta.batch`). All randomness is derived from the seed and the position,
-//! so this is the whole state. Files are written to a temporary name and
-//! renamed; `latest.safetensors` is replaced the same way.
+//! Checkpoints: their layout, how they are written, and how a run's
+//! checkpoint is opened by everything that reads one (resume, evaluation,
+//! embedding, export).
+//!
+//! One safetensors file per save holds the query encoder (`query.*`), the
+//! method's state (`key.*`, `queue.*`), the optimizer's momentum buffers
+//! (`optim.*`) and the position (`meta.step`, `meta.epoch`, `meta.batch`).
+//! All randomness is derived from the seed and the position, so this is the
+//! whole state. Files are written to a temporary name and renamed;
+//! `latest.safetensors` is replaced the same way.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use tch::nn::VarStore;
 use tch::Tensor;
 
-use crate::error::{Error, Result};
+use super::config::PretrainConfig;
+use super::folder::run_config;
+use crate::base::device::Compute;
+use crate::base::error::{Error, Result};
+use crate::base::seed::with_torch_seed;
+use crate::model::state::load_named;
+use crate::model::{Encoder, Norm, ResNet};
+
+/// The query encoder's variables: `query.conv1.weight`, …, `query.head.*`.
+pub const QUERY: &str = "query.";
+/// The position entries.
+const META: [&str; 3] = ["meta.step", "meta.epoch", "meta.batch"];
 
 /// Where training stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +39,11 @@ pub struct Position {
     pub batch: u64,
 }
 
+/// The checkpoints folder of a run folder.
+pub fn dir_of(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
 /// The file of the checkpoint after `step` steps.
 pub fn step_path(dir: &Path, step: u64) -> PathBuf {
     dir.join(format!("step-{step}.safetensors"))
@@ -33,18 +54,22 @@ pub fn latest_path(dir: &Path) -> PathBuf {
     dir.join("latest.safetensors")
 }
 
+/// The run folder a checkpoint belongs to: `<run>/checkpoints/<file>`.
+pub fn run_of(file: &Path) -> PathBuf {
+    file.parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
 /// Writes `tensors` and `pos` to `step-<step>.safetensors` and `latest.safetensors` in `dir`.
 pub fn save(dir: &Path, pos: Position, tensors: Vec<(String, Tensor)>) -> Result<PathBuf> {
-    crate::io::create_dir(dir)?;
+    crate::base::io::create_dir(dir)?;
     let mut all: Vec<(String, Tensor)> = tensors
         .into_iter()
         .map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu).contiguous()))
         .collect();
-    for (name, v) in [
-        ("meta.step", pos.step),
-        ("meta.epoch", pos.epoch),
-        ("meta.batch", pos.batch),
-    ] {
+    for (name, v) in META.iter().zip([pos.step, pos.epoch, pos.batch]) {
         all.push((name.to_string(), Tensor::from_slice(&[v as i64])));
     }
     let path = step_path(dir, pos.step);
@@ -66,29 +91,148 @@ pub fn save(dir: &Path, pos: Position, tensors: Vec<(String, Tensor)>) -> Result
 
 /// Reads a checkpoint: its tensors by name, and its position.
 pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, Position)> {
-    if !path.is_file() {
-        return Err(Error::Data {
-            path: path.to_path_buf(),
-            message: "no checkpoint here".into(),
-        });
+    let c = Checkpoint::read(path)?;
+    Ok((c.state, c.pos))
+}
+
+/// One checkpoint file, read.
+pub struct Checkpoint {
+    /// The file.
+    pub file: PathBuf,
+    /// Its tensors by name.
+    pub state: HashMap<String, Tensor>,
+    /// Where training stood.
+    pub pos: Position,
+}
+
+impl Checkpoint {
+    /// Reads `file`; a missing, unreadable or foreign file is a data error naming it.
+    pub fn read(file: &Path) -> Result<Checkpoint> {
+        if !file.is_file() {
+            return Err(Error::Data {
+                path: file.to_path_buf(),
+                message: "no checkpoint here".into(),
+            });
+        }
+        let named = Tensor::read_safetensors(file).map_err(|e| Error::Data {
+            path: file.to_path_buf(),
+            message: format!("not a readable checkpoint: {e}"),
+        })?;
+        let state: HashMap<String, Tensor> = named.into_iter().collect();
+        let get = |k: &str| {
+            state
+                .get(k)
+                .map(|t| t.int64_value(&[0]) as u64)
+                .ok_or_else(|| Error::Data {
+                    path: file.to_path_buf(),
+                    message: format!("not an eqco checkpoint: no {k}"),
+                })
+        };
+        let pos = Position {
+            step: get(META[0])?,
+            epoch: get(META[1])?,
+            batch: get(META[2])?,
+        };
+        Ok(Checkpoint {
+            file: file.to_path_buf(),
+            state,
+            pos,
+        })
     }
-    let named = Tensor::read_safetensors(path).map_err(|e| Error::Data {
-        path: path.to_path_buf(),
-        message: format!("not a readable checkpoint: {e}"),
-    })?;
-    let map: HashMap<String, Tensor> = named.into_iter().collect();
-    let get = |k: &str| {
-        map.get(k)
-            .map(|t| t.int64_value(&[0]) as u64)
-            .ok_or_else(|| Error::Data {
-                path: path.to_path_buf(),
-                message: format!("not an eqco checkpoint: no {k}"),
-            })
-    };
-    let pos = Position {
-        step: get("meta.step")?,
-        epoch: get("meta.epoch")?,
-        batch: get("meta.batch")?,
-    };
-    Ok((map, pos))
+
+    /// A mismatch between this file and what reads it, as a data error
+    /// naming the file, `what` it should fit, and the tensor.
+    pub fn mismatch(&self, what: &str, e: Error) -> Error {
+        Error::Data {
+            path: self.file.clone(),
+            message: format!("does not fit {what}: {e}"),
+        }
+    }
+
+    /// Copies the `prefix<name>` entries into the variables of `vs`.
+    pub fn restore(&self, prefix: &str, vs: &VarStore) -> Result<()> {
+        load_named(prefix, vs, &self.state)
+    }
+
+    /// Checks that the file holds no tensor besides `names` and the position
+    /// (every one of `names` was restored, so none is missing).
+    pub fn check_no_extra<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        let expected: BTreeSet<&str> = names.into_iter().chain(META).collect();
+        match self
+            .state
+            .keys()
+            .filter(|k| !expected.contains(k.as_str()))
+            .min()
+        {
+            Some(extra) => Err(Error::Mismatch(format!(
+                "extra tensor `{extra}` (the configuration has no such part)"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A run's checkpoint with the run's configuration: what evaluation and
+/// embedding start from.
+pub struct RunCheckpoint {
+    /// The checkpoint.
+    pub checkpoint: Checkpoint,
+    /// The run's configuration (its data folder possibly replaced).
+    pub config: PretrainConfig,
+}
+
+impl RunCheckpoint {
+    /// Opens `file` (in `<run>/checkpoints/`) and its run's `config.toml`;
+    /// `dataset` replaces the run's dataset folder (format detected).
+    pub fn open(file: &Path, dataset: Option<&Path>) -> Result<RunCheckpoint> {
+        // The checkpoint first: a missing file is named as such, not as a
+        // missing config.toml beside it.
+        let checkpoint = Checkpoint::read(file)?;
+        let mut config = run_config(&run_of(file), &[])?;
+        if let Some(d) = dataset {
+            config.data = config.data.with_dir(d.to_path_buf());
+        }
+        Ok(RunCheckpoint { checkpoint, config })
+    }
+
+    /// How the run's encoder computes on `device`: its precision and
+    /// memory format, the precision used and why, and any warning.
+    pub fn compute(&self, device: tch::Device) -> (Compute, String, Option<String>) {
+        self.config.compute.resolve(device)
+    }
+
+    /// The query encoder's backbone for `channels`-channel images, with the
+    /// checkpoint's weights, in `vs` (at its root, as in `query.*`).
+    pub fn backbone(&self, vs: &VarStore, channels: u8, compute: Compute) -> Result<ResNet> {
+        let resnet = self.config.encoder(channels)?.resnet;
+        // The initial weights are overwritten; drawing them still takes the
+        // generator's lock, so that it cannot perturb another thread's
+        // seeded draws (see `seed::with_torch_seed`).
+        let backbone = with_torch_seed(self.config.seed, || ResNet::new(&vs.root(), resnet))?;
+        self.load(vs, compute)?;
+        Ok(backbone)
+    }
+
+    /// The whole query encoder (backbone and head), in inference mode's
+    /// local batch normalisation, with the checkpoint's weights.
+    pub fn encoder(&self, vs: &VarStore, channels: u8, compute: Compute) -> Result<Encoder> {
+        let cfg = self.config.encoder(channels)?;
+        let encoder = with_torch_seed(self.config.seed, || {
+            Encoder::new(&vs.root(), &cfg, compute, &Norm::Local)
+        })?;
+        self.load(vs, compute)?;
+        Ok(encoder)
+    }
+
+    /// Lays `vs` out for `compute` and fills it from `query.*`.
+    fn load(&self, vs: &VarStore, compute: Compute) -> Result<()> {
+        compute.prepare(vs);
+        let what = format!(
+            "the model of its run's config.toml ({})",
+            run_of(&self.checkpoint.file).join("config.toml").display()
+        );
+        self.checkpoint
+            .restore(QUERY, vs)
+            .map_err(|e| self.checkpoint.mismatch(&what, e))
+    }
 }

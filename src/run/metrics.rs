@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::tensorboard::{tags, EventFile};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,7 +81,7 @@ impl MetricsWriter {
                 .filter(|(_, m)| m.step <= last)
                 .map(|(line, _)| line + "\n")
                 .collect();
-            crate::io::atomic_write(path, text.as_bytes())?;
+            crate::base::io::atomic_write(path, text.as_bytes())?;
         }
         let file = OpenOptions::new()
             .create(true)

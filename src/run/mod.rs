@@ -1,14 +1,16 @@
-//! What a run is, shared by every layer that trains, evaluates or reports
-//! on one: its configuration (presets, `--set`, validation), its data, its
-//! checkpoints, its metrics file and its folder.
+//! The run folder and everything in it: the configuration composed of the
+//! layers' sections ([`config`], with the monitor and output section in
+//! [`monitor`]), checkpoints and how they are opened ([`checkpoint`]), the
+//! metrics file ([`metrics`]), TensorBoard's event files ([`tensorboard`])
+//! and the folder itself ([`folder`]).
 
 pub mod checkpoint;
 pub mod config;
-pub mod data;
 pub mod folder;
 pub mod metrics;
+pub mod monitor;
 pub mod tensorboard;
 
-pub use config::{MethodName, PretrainConfig, Schedule, PRESETS};
-pub use data::{open_dataset, recipe_for, training_images};
+pub use checkpoint::{Checkpoint, RunCheckpoint};
+pub use config::{MethodName, PretrainConfig, PRESETS};
 pub use folder::run_config;

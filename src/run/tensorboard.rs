@@ -26,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// The tag names of the series eqco writes (listed in the README and the
 /// interface page; stable across versions).
@@ -234,7 +234,7 @@ impl EventFile {
     /// version is a `SessionLog` START at that step: the reader drops the
     /// earlier files' events at that step and later.
     pub fn create(dir: &Path, restart_at: Option<u64>) -> Result<EventFile> {
-        crate::io::create_dir(dir)?;
+        crate::base::io::create_dir(dir)?;
         let path = dir.join(file_name(dir)?);
         let file = OpenOptions::new()
             .create_new(true)

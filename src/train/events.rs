@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
+use crate::base::error::Result;
 use crate::data::preview::view_pairs_png;
 use crate::data::Loader;
-use crate::error::Result;
 use crate::run::metrics::MetricsWriter;
 use crate::run::tensorboard::{tags, EventFile};
 use crate::run::PretrainConfig;
@@ -28,7 +28,7 @@ pub fn open_metrics(
     loader: &Loader,
 ) -> Result<MetricsWriter> {
     let metrics = MetricsWriter::open(&out.join("metrics.jsonl"), resumed_at)?;
-    if !cfg.tensorboard {
+    if !cfg.monitor.tensorboard {
         return Ok(metrics);
     }
     let restart = resumed_at.map(|s| s + 1);

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::base::error::Result;
 use crate::dist::Group;
-use crate::error::Result;
 
 use crate::run::metrics::StepMetrics;
 

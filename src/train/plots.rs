@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use crate::error::Result;
-use crate::plot::{write_png, Panel, Series, Stroke};
+use crate::base::error::Result;
+use crate::base::plot::{write_png, Panel, Series, Stroke};
 use crate::run::metrics::StepMetrics;
 
 /// A metric's name and how to read it from a line.

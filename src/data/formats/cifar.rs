@@ -11,9 +11,9 @@ use std::fs;
 use std::path::Path;
 
 use super::{check_labels, class_names};
+use crate::base::error::{Error, Result};
 use crate::data::dataset::bad_file;
 use crate::data::{Cifar100Labels, Dataset, Format, Split};
-use crate::error::{Error, Result};
 
 const SIDE: usize = 32;
 const PIXELS: usize = SIDE * SIDE * 3;

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use crate::base::error::{Error, Result};
 use crate::data::dataset::{bad_file, Storage};
 use crate::data::{Dataset, Format, Image, Split};
-use crate::error::{Error, Result};
 
 /// File extensions read as images (case-insensitive).
 pub const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -40,19 +40,6 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Decodes one image file to RGB; the error names the file.
-pub fn decode(path: &Path) -> Result<Image> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| bad_file(path, format!("cannot decode image: {e}")))?
-        .into_rgb8();
-    let (w, h) = img.dimensions();
-    Ok(Image::new(w, h, 3, img.into_raw()))
 }
 
 /// The folder of a split: `root/train` for train and `root/val` (or
@@ -101,7 +88,7 @@ pub fn open(root: &Path, split: Split, skip_undecodable: bool) -> Result<Dataset
     if skip_undecodable {
         let ok: Vec<Option<String>> = paths
             .par_iter()
-            .map(|p| decode(p).err().map(|e| e.to_string()))
+            .map(|p| Image::open(p).err().map(|e| e.to_string()))
             .collect();
         let (mut kept_paths, mut kept_labels) = (Vec::new(), Vec::new());
         for ((p, l), err) in paths.into_iter().zip(labels).zip(ok) {

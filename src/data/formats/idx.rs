@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use super::{check_labels, read_maybe_gz};
+use crate::base::error::Result;
 use crate::data::dataset::bad_file;
 use crate::data::{Dataset, Format, Split};
-use crate::error::Result;
 
 /// Fashion-MNIST's class names.
 pub const FASHION_MNIST_CLASSES: [&str; 10] = [

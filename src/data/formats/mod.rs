@@ -12,9 +12,59 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use super::dataset::bad_file;
-use super::Format;
-use crate::error::{Error, Result};
+use super::{Dataset, OpenOptions};
+use crate::base::error::{Error, Result};
+
+/// The file formats eqco reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// MNIST / Fashion-MNIST IDX files, raw or gzip.
+    Idx,
+    /// CIFAR-10, binary version.
+    Cifar10,
+    /// CIFAR-100, binary version.
+    Cifar100,
+    /// STL-10, binary version.
+    Stl10,
+    /// `root/<class>/…/*.{jpg,jpeg,png}`, the ImageNet layout.
+    ImageFolder,
+}
+
+impl Format {
+    /// The name shown to people.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Idx => "IDX (MNIST/Fashion-MNIST)",
+            Format::Cifar10 => "CIFAR-10 (binary)",
+            Format::Cifar100 => "CIFAR-100 (binary)",
+            Format::Stl10 => "STL-10 (binary)",
+            Format::ImageFolder => "ImageFolder",
+        }
+    }
+}
+
+/// Opens the dataset at `path`, detecting its format (see [`detect`]).
+pub fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
+    open_as(path, detect(path)?, opts)
+}
+
+/// Opens the dataset at `path` in the given format.
+pub fn open_as(path: &Path, format: Format, opts: &OpenOptions) -> Result<Dataset> {
+    match format {
+        Format::Idx => idx::open(path, opts.split),
+        Format::Cifar10 => cifar::open_cifar10(path, opts.split),
+        Format::Cifar100 => cifar::open_cifar100(path, opts.split, opts.cifar100_labels),
+        Format::Stl10 => stl10::open(path, opts.split),
+        Format::ImageFolder => {
+            let root = folder::split_dir(path, opts.split);
+            folder::open(&root, opts.split, opts.skip_undecodable)
+        }
+    }
+}
 
 /// Guesses the format of the dataset at `path` from the files it holds:
 /// IDX (`train-images-idx3-ubyte[.gz]`), CIFAR-10 (`data_batch_1.bin`),

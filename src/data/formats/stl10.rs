@@ -10,9 +10,9 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use super::{check_labels, class_names};
+use crate::base::error::{Error, Result};
 use crate::data::dataset::bad_file;
 use crate::data::{Dataset, Format, Split};
-use crate::error::{Error, Result};
 
 const SIDE: usize = 96;
 const BYTES: usize = SIDE * SIDE * 3;

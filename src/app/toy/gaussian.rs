@@ -7,7 +7,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 use tch::{Device, Tensor};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// The joint distribution of `(x, y)` for one true MI.
 #[derive(Debug, Clone, Copy, PartialEq)]

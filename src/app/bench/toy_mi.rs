@@ -5,10 +5,10 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{positive, PythonArgs};
-use crate::device::parse_device;
-use crate::toy::{self, Estimator, RunSpec, ToyConfig};
+use crate::app::toy::{self, Estimator, RunSpec, ToyConfig};
+use crate::base::device::parse_device;
 
-const TOY_MI_SCRIPT: &str = include_str!("../../scripts/bench_toy_mi.py");
+const TOY_MI_SCRIPT: &str = include_str!("../../../scripts/bench_toy_mi.py");
 
 /// `eqco bench toy-mi`: one toy-MI training run (EqCo, true MI 6), eqco vs the same protocol in PyTorch.
 #[derive(Debug, Args)]

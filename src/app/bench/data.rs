@@ -10,11 +10,9 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{positive, PythonArgs};
-use crate::data::{
-    synthetic, Dataset, Loader, LoaderConfig, Normalize, OpenOptions, Recipe, RecipeName,
-};
+use crate::data::{synthetic, Loader, LoaderConfig, Normalize, OpenOptions, Recipe, RecipeName};
 
-const DATA_SCRIPT: &str = include_str!("../../scripts/bench_data.py");
+const DATA_SCRIPT: &str = include_str!("../../../scripts/bench_data.py");
 
 /// `eqco bench data`: images/s of the mocov2 two-view pipeline, eqco's loader vs torchvision + DataLoader.
 #[derive(Debug, Args)]
@@ -79,7 +77,7 @@ impl DataBench {
                 ("folder", dir, 64)
             };
             let batch = batch.min(args.images);
-            let dataset = Arc::new(Dataset::open(&dir, &OpenOptions::default())?);
+            let dataset = Arc::new(crate::data::formats::open(&dir, &OpenOptions::default())?);
             let recipe = Recipe::named(RecipeName::Mocov2, size, 3, Normalize::imagenet())?;
             for &threads in &args.threads {
                 let cfg = LoaderConfig {

@@ -9,10 +9,13 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Cuda, Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
-use crate::shim;
+use crate::base::error::{Error, Result};
+use crate::base::shim;
 
+pub mod config;
 pub mod memory;
+
+pub use config::ComputeConfig;
 
 /// Parses `--device` (`cpu`, `cuda`, `cuda:N`) and checks that the GPU exists.
 pub fn parse_device(spec: &str) -> Result<Device> {
@@ -331,7 +334,7 @@ mod tests {
             bf16: true,
             channels_last: false,
         };
-        let (x, w) = crate::seed::with_torch_seed(1, || {
+        let (x, w) = crate::base::seed::with_torch_seed(1, || {
             (
                 Tensor::randn([2, 3, 8, 8], tch::kind::FLOAT_CPU),
                 Tensor::randn([4, 3, 3, 3], tch::kind::FLOAT_CPU),

@@ -16,10 +16,10 @@ pub mod paired;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
+use crate::base::io::atomic_write;
+use crate::base::plot::{write_png, Panel, Series, Stroke};
 use crate::eval::{KnnReport, LinearMode, LinearReport};
-use crate::io::atomic_write;
-use crate::plot::{write_png, Panel, Series, Stroke};
 use crate::run::config::MethodName;
 use crate::run::metrics::{self, tail_mean, StepMetrics};
 use crate::run::run_config;
@@ -73,9 +73,9 @@ impl RunView {
 
     /// Contrastive run or baseline.
     pub fn role(&self) -> Role {
-        if self.cfg.max_steps == Some(0) {
+        if self.cfg.optim.max_steps == Some(0) {
             Role::RandomInit
-        } else if self.cfg.method == MethodName::Supervised {
+        } else if self.cfg.method.method == MethodName::Supervised {
             Role::Supervised
         } else {
             Role::Contrastive
@@ -95,9 +95,13 @@ impl RunView {
 /// "simo EqCo α=256", "mocov2 InfoNCE".
 fn method_and_loss(cfg: &PretrainConfig) -> String {
     let loss = cfg
+        .loss
         .alpha
         .map_or("InfoNCE".to_string(), |a| format!("EqCo α={a}"));
-    format!("{} {loss}", format!("{:?}", cfg.method).to_lowercase())
+    format!(
+        "{} {loss}",
+        format!("{:?}", cfg.method.method).to_lowercase()
+    )
 }
 
 /// Keys that neither name a series nor tell runs of one apart (K and α are
@@ -200,12 +204,12 @@ fn mean_and_range(values: &[f64]) -> String {
 /// The key of a configuration apart from its seed (and, for `alpha =
 /// None`, the key of its InfoNCE twin).
 fn config_key(cfg: &PretrainConfig, alpha: Option<f64>) -> String {
-    PretrainConfig {
+    let mut key = PretrainConfig {
         seed: 0,
-        alpha,
         ..cfg.clone()
-    }
-    .to_toml()
+    };
+    key.loss.alpha = alpha;
+    key.to_toml()
 }
 
 /// Each EqCo configuration against the InfoNCE configuration that differs
@@ -214,19 +218,20 @@ fn paired_comparisons(groups: &[SeedGroup]) -> Vec<paired::Paired> {
     let mut out = Vec::new();
     for g in groups {
         let cfg = &g.runs[0].cfg;
-        let Some(alpha) = cfg.alpha else { continue };
+        let Some(alpha) = cfg.loss.alpha else {
+            continue;
+        };
         if g.runs[0].role() != Role::Contrastive {
             continue;
         }
         let twin = config_key(cfg, None);
-        let Some(reference) = groups
-            .iter()
-            .find(|r| config_key(&r.runs[0].cfg, None) == twin && r.runs[0].cfg.alpha.is_none())
-        else {
+        let Some(reference) = groups.iter().find(|r| {
+            config_key(&r.runs[0].cfg, None) == twin && r.runs[0].cfg.loss.alpha.is_none()
+        }) else {
             continue;
         };
         let family = &g.runs[0].family;
-        let method = format!("{:?}", cfg.method).to_lowercase();
+        let method = format!("{:?}", cfg.method.method).to_lowercase();
         let extras = family
             .split_once(&format!("EqCo α={alpha}"))
             .map_or("", |(_, rest)| rest);
@@ -241,11 +246,9 @@ fn paired_comparisons(groups: &[SeedGroup]) -> Vec<paired::Paired> {
 
 /// The key of a configuration apart from its seed and its K, with `alpha`.
 fn key_without_k(cfg: &PretrainConfig, alpha: Option<f64>) -> String {
-    let any_k = PretrainConfig {
-        k_negatives: None,
-        queue_size: 0,
-        ..cfg.clone()
-    };
+    let mut any_k = cfg.clone();
+    any_k.method.k_negatives = None;
+    any_k.method.queue_size = 0;
     config_key(&any_k, alpha)
 }
 
@@ -253,9 +256,9 @@ fn key_without_k(cfg: &PretrainConfig, alpha: Option<f64>) -> String {
 /// same α, or, for EqCo with α, InfoNCE at K = α (where EqCo's margin
 /// τ·ln(α/K) is 0, so the two are one computation).
 fn same_loss_other_k(small: &PretrainConfig, big: &PretrainConfig) -> bool {
-    let same = key_without_k(small, small.alpha) == key_without_k(big, big.alpha);
-    let at_alpha = big.alpha.is_none()
-        && small.alpha == Some(big.k() as f64)
+    let same = key_without_k(small, small.loss.alpha) == key_without_k(big, big.loss.alpha);
+    let at_alpha = big.loss.alpha.is_none()
+        && small.loss.alpha == Some(big.k() as f64)
         && key_without_k(small, None) == key_without_k(big, None);
     same || at_alpha
 }
@@ -275,7 +278,12 @@ fn k_comparisons(groups: &[SeedGroup]) -> Vec<paired::Paired> {
             .iter()
             .filter(|r| r.runs[0].role() == Role::Contrastive)
             .filter(|r| same_loss_other_k(cfg, &r.runs[0].cfg))
-            .max_by_key(|r| (r.runs[0].cfg.k(), r.runs[0].cfg.alpha == cfg.alpha))
+            .max_by_key(|r| {
+                (
+                    r.runs[0].cfg.k(),
+                    r.runs[0].cfg.loss.alpha == cfg.loss.alpha,
+                )
+            })
         else {
             continue;
         };
@@ -283,7 +291,7 @@ fn k_comparisons(groups: &[SeedGroup]) -> Vec<paired::Paired> {
         if big.k() <= cfg.k() {
             continue;
         }
-        let note = if big.alpha == cfg.alpha {
+        let note = if big.loss.alpha == cfg.loss.alpha {
             ""
         } else {
             " (InfoNCE: EqCo's margin is 0 at K = α)"
@@ -452,19 +460,19 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<String> {
             r.dir.display(),
             match r.role() {
                 Role::RandomInit => "random init".to_string(),
-                _ => format!("{:?}", r.cfg.method).to_lowercase(),
+                _ => format!("{:?}", r.cfg.method.method).to_lowercase(),
             },
             if contrastive {
                 r.cfg.k().to_string()
             } else {
                 "–".into()
             },
-            match (contrastive, r.cfg.alpha) {
+            match (contrastive, r.cfg.loss.alpha) {
                 (true, Some(a)) => a.to_string(),
                 (true, None) => "none".into(),
                 _ => "–".into(),
             },
-            r.cfg.batch_size,
+            r.cfg.optim.batch_size,
             m.last().map_or(0, |x| x.step),
             tail(|x| x.loss),
             tail(|x| x.mi_bound),
@@ -525,7 +533,7 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<String> {
         }
     }
 
-    crate::io::create_dir(out)?;
+    crate::base::io::create_dir(out)?;
     let trained: Vec<&RunView> = runs.iter().filter(|r| !r.metrics.is_empty()).collect();
     if !trained.is_empty() {
         md.push_str(
@@ -557,7 +565,7 @@ fn training_panels(runs: &[&RunView]) -> Vec<Panel> {
             label: r.label(),
             metrics: &r.metrics,
             color: COLORS[i % COLORS.len()],
-            stroke: if r.cfg.alpha.is_some() {
+            stroke: if r.cfg.loss.alpha.is_some() {
                 Stroke::Solid
             } else {
                 Stroke::Dashed

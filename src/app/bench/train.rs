@@ -12,11 +12,13 @@ use clap::Args;
 use tch::{Device, Kind, Tensor};
 
 use super::{positive, Python, PythonArgs};
-use crate::device::{native_bf16, parse_device, Compute, MemoryFormat, Precision};
-use crate::optim::Sgd;
+use crate::base::device::{native_bf16, parse_device, Compute, MemoryFormat, Precision};
+use crate::dist::World;
+use crate::method::Shape;
 use crate::run::PretrainConfig;
+use crate::train::Step;
 
-const TRAIN_SCRIPT: &str = include_str!("../../scripts/bench_train.py");
+const TRAIN_SCRIPT: &str = include_str!("../../../scripts/bench_train.py");
 
 /// `eqco bench train`: images/s of training steps, eqco vs PyTorch.
 #[derive(Debug, Args)]
@@ -420,18 +422,21 @@ fn time_eqco(
         bf16: v.bf16,
         channels_last: v.channels_last,
     };
-    let mut method = crate::method::build(
-        cfg,
-        model.channels,
-        10,
-        compute,
-        &crate::dist::World::single(),
-    )?;
-    let mut sgd = Sgd::new(method.query(), cfg.momentum, cfg.weight_decay);
-    let n = cfg.batch_size as i64;
+    let shape = Shape {
+        encoder: cfg.encoder(model.channels)?,
+        batch_size: cfg.optim.batch_size,
+        classes: 10,
+        seed: cfg.seed,
+    };
+    let world = World::single();
+    let method = crate::method::build(&cfg.method, &shape, compute, &world)?;
+    let sgd = (cfg.optim.momentum, cfg.optim.weight_decay);
+    // The trainer's own step: forward, the objective, backward, the guard, SGD.
+    let mut step = Step::new(method, cfg.loss, sgd, &world, false)?;
+    let n = cfg.optim.batch_size as i64;
     let (c, s) = (model.channels as i64, model.size as i64);
     let view = || {
-        let x = crate::seed::with_torch_seed(cfg.seed, || {
+        let x = crate::base::seed::with_torch_seed(cfg.seed, || {
             Tensor::randn([n, c, s, s], (Kind::Float, device))
         });
         compute.layout(&x)
@@ -439,14 +444,11 @@ fn time_eqco(
     let batch = crate::data::TwoViewBatch {
         view1: view(),
         view2: view(),
-        indices: (0..cfg.batch_size).collect(),
+        indices: (0..cfg.optim.batch_size).collect(),
         labels: None,
     };
     let mut step = |i: usize| -> anyhow::Result<()> {
-        let out = method.forward(&batch, i as u64)?;
-        sgd.zero_grad();
-        out.loss.backward();
-        sgd.step(0.03);
+        step.run(&batch, i as u64, 0.03)?;
         Ok(())
     };
     for i in 0..warmup {

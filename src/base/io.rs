@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -2,10 +2,24 @@
 //! cosine or step schedule; the base rate follows the linear scaling rule
 //! `lr × N / 256` (paper Sec. 2.2: it applies to the N queries, not to K).
 
-use crate::run::config::{PretrainConfig, Schedule};
+use serde::{Deserialize, Serialize};
 
-/// The learning rate of optimizer step `step` (0-based) with `steps_per_epoch` steps per epoch.
-pub fn learning_rate(cfg: &PretrainConfig, step: usize, steps_per_epoch: usize) -> f64 {
+use super::OptimConfig;
+
+/// The learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Half a cosine from the base rate to 0.
+    Cosine,
+    /// ×0.1 at each epoch of `lr_steps`.
+    Step,
+}
+
+/// The learning rate of optimizer step `step` (0-based) with
+/// `steps_per_epoch` steps per epoch: linear warm-up to `lr × N / 256`, then
+/// the schedule.
+pub fn learning_rate(cfg: &OptimConfig, step: usize, steps_per_epoch: usize) -> f64 {
     let base = cfg.scaled_lr();
     let spe = steps_per_epoch.max(1) as f64;
     let warmup_steps = cfg.warmup_epochs * spe;
@@ -33,7 +47,7 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine_to_zero() {
-        let cfg = PretrainConfig {
+        let cfg = OptimConfig {
             lr: 0.03,
             batch_size: 512,
             epochs: 10,
@@ -51,7 +65,7 @@ mod tests {
 
     #[test]
     fn steps_multiply_by_a_tenth() {
-        let cfg = PretrainConfig {
+        let cfg = OptimConfig {
             lr: 0.03,
             batch_size: 256,
             epochs: 200,

@@ -7,8 +7,8 @@ use std::sync::Once;
 use image::ImageEncoder;
 use plotters::prelude::*;
 
-use crate::error::{Error, Result};
-use crate::io::atomic_write;
+use crate::base::error::{Error, Result};
+use crate::base::io::atomic_write;
 
 /// How a series is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ static FONT: Once = Once::new();
 
 fn register_font() {
     FONT.call_once(|| {
-        let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
+        let bytes: &'static [u8] = include_bytes!("../../assets/DejaVuSans.ttf");
         // The font is compiled in and known to parse; a failure would only lose text.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
     });

@@ -6,9 +6,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{Estimator, RunResult, ToyConfig};
-use crate::error::Result;
-use crate::io::atomic_write;
-use crate::plot::{write_png, Panel, Series, Stroke};
+use crate::base::error::Result;
+use crate::base::io::atomic_write;
+use crate::base::plot::{write_png, Panel, Series, Stroke};
 
 /// The paper's Table 5: `(true MI, InfoNCE at K = 64/128/256/512, EqCo at the same K)`.
 pub const PAPER_TABLE5: [(f64, [f64; 4], [f64; 4]); 5] = [
@@ -247,7 +247,7 @@ fn panels(cfg: &ToyConfig, results: &[RunResult]) -> Vec<Panel> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::toy::RunSpec;
+    use crate::app::toy::RunSpec;
 
     fn result(estimator: Estimator, true_mi: f64, k: usize, estimate: f64) -> RunResult {
         RunResult {

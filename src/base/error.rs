@@ -45,6 +45,10 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// Saved state does not fit the model it is loaded into: a tensor is
+    /// missing, extra, or of another shape (the caller names the file).
+    #[error("{0}")]
+    Mismatch(String),
     /// Drawing a plot failed.
     #[error("plot: {0}")]
     Plot(String),
@@ -61,7 +65,7 @@ pub enum Error {
     /// Workers started by `--nproc-per-node` failed; the first named is
     /// the likely cause.
     #[error("{}", describe_workers(.0))]
-    Workers(Vec<crate::dist::launch::Failure>),
+    Workers(Vec<WorkerFailure>),
 }
 
 impl Error {
@@ -91,10 +95,22 @@ impl Error {
     }
 }
 
+/// A worker that ended badly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerFailure {
+    /// Its rank.
+    pub rank: usize,
+    /// Its exit code (none when a signal ended it); 2 means a usage or
+    /// configuration error.
+    pub code: Option<i32>,
+    /// What it wrote to its error file, or how it ended.
+    pub message: String,
+}
+
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn describe_workers(failures: &[crate::dist::launch::Failure]) -> String {
+fn describe_workers(failures: &[WorkerFailure]) -> String {
     let each: Vec<String> = failures
         .iter()
         .map(|f| format!("rank {} failed: {}", f.rank, f.message))

@@ -11,8 +11,8 @@ use std::ffi::c_void;
 use tch::nn::VarStore;
 use tch::Tensor;
 
-use crate::error::{Error, Result};
-use crate::shim;
+use crate::base::error::{Error, Result};
+use crate::base::shim;
 
 /// Checks SGD's hyperparameters; errors name `lr`, `momentum` or `weight_decay`.
 pub fn validate(lr: f64, momentum: f64, weight_decay: f64) -> Result<()> {
@@ -147,8 +147,8 @@ impl Sgd {
                     Some(own)
                 }
                 Some(b) => {
-                    return Err(Error::Internal(format!(
-                        "checkpoint's optim.{n} is {:?}, the parameter {:?}",
+                    return Err(Error::Mismatch(format!(
+                        "`optim.{n}` is {:?}, the parameter {:?}",
                         b.size(),
                         p.size()
                     )))
@@ -297,7 +297,7 @@ mod tests {
             let make = || {
                 let vs = VarStore::new(Device::Cpu);
                 let root = vs.root();
-                let (conv, lin, bias) = crate::seed::with_torch_seed(1, || {
+                let (conv, lin, bias) = crate::base::seed::with_torch_seed(1, || {
                     let conv = root.randn("conv", &[8, 4, 3, 3], 0.0, 0.5);
                     let lin = root.randn("lin", &[5, 8], 0.0, 0.5);
                     let bias = root.randn("bias", &[5], 0.0, 0.5);
@@ -306,9 +306,9 @@ mod tests {
                     (conv, lin, bias)
                 });
                 if channels_last {
-                    crate::device::Compute {
+                    crate::base::device::Compute {
                         channels_last: true,
-                        ..crate::device::Compute::plain(Device::Cpu)
+                        ..crate::base::device::Compute::plain(Device::Cpu)
                     }
                     .prepare(&vs);
                 }

@@ -10,8 +10,8 @@ use std::ffi::{c_int, c_void};
 
 use tch::{Device, Kind, Tensor};
 
-use crate::error::Result;
-use crate::shim;
+use crate::base::error::Result;
+use crate::base::shim;
 
 /// An uninitialised page-locked 1-D tensor of `len` elements of `kind`
 /// (`Float` or `Int64`); an error on a machine without CUDA.

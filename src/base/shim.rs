@@ -7,7 +7,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 extern "C" {
     pub(crate) fn eqco_autocast_enter(

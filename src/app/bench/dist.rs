@@ -64,7 +64,12 @@ impl DistBench {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         println!(
             "bench dist: {} (N = {}, {:?}), {} timed steps after {} warm-up, {}, {cores} cores",
-            self.config, cfg.batch_size, cfg.method, self.steps, self.warmup, self.device
+            self.config,
+            cfg.optim.batch_size,
+            cfg.method.method,
+            self.steps,
+            self.warmup,
+            self.device
         );
         println!(
             "  {:>9}  {:>12}  {:>7}  {:>9}  {:>8}  {:>7}  {:>7}  {:>11}",
@@ -92,7 +97,7 @@ impl DistBench {
                 Some(o) => format!("w{n}-overlap-{o}"),
                 None => format!("w{n}"),
             };
-            let row = self.time(n, overlap, cfg.batch_size, &tmp.path().join(name))?;
+            let row = self.time(n, overlap, cfg.optim.batch_size, &tmp.path().join(name))?;
             let base = *first.get_or_insert(row.step_ms);
             println!(
                 "  {:>9}  {:>12}  {:>7}  {:>9.1}  {:>8.1}  {:>7.2}×  {:>7.1}  {:>11.1}",

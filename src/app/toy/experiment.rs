@@ -12,9 +12,9 @@ use tch::nn::OptimizerConfig;
 use tch::{nn, Device};
 
 use super::{CorrelatedGaussians, SeparableCritic};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
+use crate::base::seed::splitmix64;
 use crate::loss::{info_nce_from_similarities, split_diagonal, LossConfig};
-use crate::seed::splitmix64;
 
 /// The estimator a critic is trained and evaluated with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -169,7 +169,7 @@ pub fn run(cfg: &ToyConfig, spec: RunSpec, device: Device) -> Result<RunResult> 
     };
     let seed = spec.seed(cfg.seed);
     let vs = nn::VarStore::new(device);
-    let critic = crate::seed::with_torch_seed(seed, || {
+    let critic = crate::base::seed::with_torch_seed(seed, || {
         SeparableCritic::new(
             &vs.root(),
             cfg.dim as i64,

@@ -26,13 +26,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
+use crate::base::io::atomic_write;
 use crate::eval::{evaluate_knn, evaluate_linear, Frozen, KnnSettings, LinearMode, LinearSettings};
-use crate::io::atomic_write;
+use crate::job::Job;
 use crate::run::checkpoint;
 use crate::run::config::{parse_value, resolve};
 use crate::run::PretrainConfig;
-use crate::train::{pretrain, TrainOptions};
+use crate::train::pretrain;
 
 /// A run outside the grid (random init, supervised…).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,55 +102,55 @@ pub struct SweepConfig {
 pub const SWEEP_PRESETS: [(&str, &str); 13] = [
     (
         "fmnist-simo-k",
-        include_str!("../presets/sweeps/fmnist-simo-k.toml"),
+        include_str!("../../presets/sweeps/fmnist-simo-k.toml"),
     ),
     (
         "fmnist-mocov2-k",
-        include_str!("../presets/sweeps/fmnist-mocov2-k.toml"),
+        include_str!("../../presets/sweeps/fmnist-mocov2-k.toml"),
     ),
     (
         "fmnist-simo-alpha",
-        include_str!("../presets/sweeps/fmnist-simo-alpha.toml"),
+        include_str!("../../presets/sweeps/fmnist-simo-alpha.toml"),
     ),
     (
         "fmnist-mocov2-alpha",
-        include_str!("../presets/sweeps/fmnist-mocov2-alpha.toml"),
+        include_str!("../../presets/sweeps/fmnist-mocov2-alpha.toml"),
     ),
     (
         "fmnist-mocov2-n",
-        include_str!("../presets/sweeps/fmnist-mocov2-n.toml"),
+        include_str!("../../presets/sweeps/fmnist-mocov2-n.toml"),
     ),
     (
         "fmnist-precision",
-        include_str!("../presets/sweeps/fmnist-precision.toml"),
+        include_str!("../../presets/sweeps/fmnist-precision.toml"),
     ),
     (
         "fmnist-simo-k-long",
-        include_str!("../presets/sweeps/fmnist-simo-k-long.toml"),
+        include_str!("../../presets/sweeps/fmnist-simo-k-long.toml"),
     ),
     (
         "fmnist-mocov2-k-long",
-        include_str!("../presets/sweeps/fmnist-mocov2-k-long.toml"),
+        include_str!("../../presets/sweeps/fmnist-mocov2-k-long.toml"),
     ),
     (
         "fmnist-simo-k-paired",
-        include_str!("../presets/sweeps/fmnist-simo-k-paired.toml"),
+        include_str!("../../presets/sweeps/fmnist-simo-k-paired.toml"),
     ),
     (
         "fmnist-simo-k16-more-seeds",
-        include_str!("../presets/sweeps/fmnist-simo-k16-more-seeds.toml"),
+        include_str!("../../presets/sweeps/fmnist-simo-k16-more-seeds.toml"),
     ),
     (
         "fmnist-mocov2-k-paired",
-        include_str!("../presets/sweeps/fmnist-mocov2-k-paired.toml"),
+        include_str!("../../presets/sweeps/fmnist-mocov2-k-paired.toml"),
     ),
     (
         "fmnist-simo-table6",
-        include_str!("../presets/sweeps/fmnist-simo-table6.toml"),
+        include_str!("../../presets/sweeps/fmnist-simo-table6.toml"),
     ),
     (
         "fmnist-simo-table7",
-        include_str!("../presets/sweeps/fmnist-simo-table7.toml"),
+        include_str!("../../presets/sweeps/fmnist-simo-table7.toml"),
     ),
 ];
 
@@ -291,14 +292,12 @@ impl SweepConfig {
 }
 
 /// How the sweep runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SweepOptions {
     /// The sweep folder.
     pub out: PathBuf,
-    /// Where models run.
-    pub device: tch::Device,
-    /// CPU threads.
-    pub threads: usize,
+    /// Where models run, with how many threads (one process).
+    pub job: Job,
     /// Progress bars.
     pub progress: bool,
 }
@@ -307,7 +306,7 @@ pub struct SweepOptions {
 pub fn run(cfg: &SweepConfig, resolved: &str, opts: &SweepOptions) -> Result<String> {
     let plan = cfg.plan()?;
     let out = &opts.out;
-    crate::io::create_dir(out)?;
+    crate::base::io::create_dir(out)?;
     let record = out.join("sweep.toml");
     match std::fs::read_to_string(&record) {
         Ok(old) if old != resolved => {
@@ -337,19 +336,12 @@ pub fn run(cfg: &SweepConfig, resolved: &str, opts: &SweepOptions) -> Result<Str
                     .map_err(|e| Error::io(dir.join("metrics.jsonl"), e))?;
             }
             eprintln!("{head}: {}", if resume { "resuming" } else { "training" });
-            let train = TrainOptions {
-                out: dir.clone(),
-                resume,
-                device: opts.device,
-                threads: opts.threads,
-                progress: opts.progress,
-                world: crate::dist::World::single(),
-            };
+            let train = opts.job.train_options(&dir, resume, opts.progress);
             pretrain(&run.config, &train)?;
         }
         evaluate(&cfg.eval, &dir, &head, run.config.seed, opts)?;
     }
-    crate::report::write(std::slice::from_ref(out), out)
+    crate::app::report::write(std::slice::from_ref(out), out)
 }
 
 /// The evaluations of one run not made yet, into `<run>/eval/`.
@@ -361,12 +353,12 @@ fn evaluate(e: &SweepEval, dir: &Path, head: &str, seed: u64, opts: &SweepOption
     if !need_knn && !need_linear {
         return Ok(());
     }
-    crate::io::create_dir(&eval_dir)?;
+    crate::base::io::create_dir(&eval_dir)?;
     let frozen = Frozen::load(
         &checkpoint::latest_path(&dir.join("checkpoints")),
         None,
-        opts.device,
-        opts.threads,
+        opts.job.device,
+        opts.job.threads,
     )?;
     // The linear probe first: it caches the training features kNN reuses.
     if let (true, Some(mode)) = (need_linear, e.linear) {
@@ -376,7 +368,7 @@ fn evaluate(e: &SweepEval, dir: &Path, head: &str, seed: u64, opts: &SweepOption
             lr: e.linear_lr,
             max_images: e.linear_images,
             seed,
-            threads: opts.threads,
+            threads: opts.job.threads,
             ..Default::default()
         };
         let r = evaluate_linear(&frozen, &settings)?;
