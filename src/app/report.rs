@@ -437,103 +437,123 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<String> {
     }
     set_families(&mut runs);
     runs.sort_by_cached_key(|r| (r.role(), r.family.clone(), r.cfg.k(), r.dir.clone()));
+    let mut md = runs_table(&runs);
+    md.push_str(&seeds_section(&seed_groups(&runs)));
+    crate::base::io::create_dir(out)?;
+    md.push_str(&plots_section(&runs, out)?);
+    atomic_write(&out.join("report.md"), md.as_bytes())?;
+    Ok(md)
+}
 
+/// The report's head and its table of runs, one row each.
+fn runs_table(runs: &[RunView]) -> String {
     let mut md = String::from("# eqco report\n\n");
     md.push_str(
         "MI bound: `ln K + m/τ − L` (`ln α − L` under EqCo; supervised: `ln C − L`); training figures are means over the last 10 % of steps. \
          Accuracies are top-1 on the test split of the frozen backbone (`eval/knn.json`, `eval/linear.json`; linear mode in brackets).\n\n",
     );
     md.push_str("| run | method | K | α | N | steps | loss | MI bound | ‖∂L/∂q‖ | kNN top-1 % | linear top-1 % |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for r in &runs {
-        let m = &r.metrics;
-        let tail = |f: fn(&StepMetrics) -> f64| {
-            if m.is_empty() {
-                "–".to_string()
-            } else {
-                format!("{:.4}", tail_mean(m, f))
-            }
-        };
-        let contrastive = r.role() == Role::Contrastive;
-        let _ = writeln!(
-            md,
-            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.dir.display(),
-            match r.role() {
-                Role::RandomInit => "random init".to_string(),
-                _ => format!("{:?}", r.cfg.method.method).to_lowercase(),
-            },
-            if contrastive {
-                r.cfg.k().to_string()
-            } else {
-                "–".into()
-            },
-            match (contrastive, r.cfg.loss.alpha) {
-                (true, Some(a)) => a.to_string(),
-                (true, None) => "none".into(),
-                _ => "–".into(),
-            },
-            r.cfg.optim.batch_size,
-            m.last().map_or(0, |x| x.step),
-            tail(|x| x.loss),
-            tail(|x| x.mi_bound),
-            tail(|x| x.grad_norm_q),
-            pct(r.knn.as_ref().map(|k| k.top1)),
-            r.linear.as_ref().map_or("–".into(), |l| format!(
-                "{} ({})",
-                pct(Some(l.top1)),
-                mode(l)
-            )),
-        );
+    for r in runs {
+        md.push_str(&run_row(r));
     }
+    md
+}
 
-    let groups = seed_groups(&runs);
-    if groups.iter().any(|g| g.runs.len() > 1) {
-        md.push_str(
-            "\n## Over seeds\n\nRuns that differ only in their seed: the mean ± the standard deviation, and the lowest and highest value in brackets.\n\n\
-             | configuration | seeds | MI bound | kNN top-1 % | linear top-1 % |\n|---|---|---|---|---|\n",
-        );
-        for g in &groups {
-            let values = |f: &dyn Fn(&RunView) -> Option<f64>| -> Vec<f64> {
-                g.runs.iter().filter_map(|r| f(r)).collect()
-            };
-            let mi =
-                values(&|r| (!r.metrics.is_empty()).then(|| tail_mean(&r.metrics, |x| x.mi_bound)));
-            let knn = values(&|r| r.knn.as_ref().map(|k| 100.0 * k.top1));
-            let linear = values(&|r| r.linear.as_ref().map(|l| 100.0 * l.top1));
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} |",
-                g.label,
-                g.runs
-                    .iter()
-                    .map(|r| r.cfg.seed.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                mean_and_range(&mi),
-                mean_and_range(&knn),
-                mean_and_range(&linear)
-            );
-        }
-        let comparisons = paired_comparisons(&groups);
-        if !comparisons.is_empty() {
-            md.push_str(&paired_section(
-                "EqCo against InfoNCE, paired by seed",
-                "Each EqCo run minus the InfoNCE run of the same configuration, K and seed",
-                &comparisons,
-            ));
-        }
-        let comparisons = k_comparisons(&groups);
-        if !comparisons.is_empty() {
-            md.push_str(&paired_section(
-                "Small K against the largest K, paired by seed",
-                "Each run minus the run of the same configuration and seed at the largest K \
-                 of the report (the same loss: InfoNCE against InfoNCE, EqCo against EqCo)",
-                &comparisons,
-            ));
-        }
+/// One run's row of the table.
+fn run_row(r: &RunView) -> String {
+    let m = &r.metrics;
+    let tail = |f: fn(&StepMetrics) -> f64| match m.is_empty() {
+        true => "–".to_string(),
+        false => format!("{:.4}", tail_mean(m, f)),
+    };
+    let contrastive = r.role() == Role::Contrastive;
+    format!(
+        "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        r.dir.display(),
+        match r.role() {
+            Role::RandomInit => "random init".to_string(),
+            _ => format!("{:?}", r.cfg.method.method).to_lowercase(),
+        },
+        match contrastive {
+            true => r.cfg.k().to_string(),
+            false => "–".into(),
+        },
+        match (contrastive, r.cfg.loss.alpha) {
+            (true, Some(a)) => a.to_string(),
+            (true, None) => "none".into(),
+            _ => "–".into(),
+        },
+        r.cfg.optim.batch_size,
+        m.last().map_or(0, |x| x.step),
+        tail(|x| x.loss),
+        tail(|x| x.mi_bound),
+        tail(|x| x.grad_norm_q),
+        pct(r.knn.as_ref().map(|k| k.top1)),
+        r.linear.as_ref().map_or("–".into(), |l| format!(
+            "{} ({})",
+            pct(Some(l.top1)),
+            mode(l)
+        )),
+    )
+}
+
+/// When some configuration ran with several seeds: their means and
+/// ranges, and the paired comparisons (EqCo against InfoNCE, small K
+/// against the largest); empty otherwise.
+fn seeds_section(groups: &[SeedGroup]) -> String {
+    if groups.iter().all(|g| g.runs.len() <= 1) {
+        return String::new();
     }
+    let mut md = String::from(
+        "\n## Over seeds\n\nRuns that differ only in their seed: the mean ± the standard deviation, and the lowest and highest value in brackets.\n\n\
+         | configuration | seeds | MI bound | kNN top-1 % | linear top-1 % |\n|---|---|---|---|---|\n",
+    );
+    for g in groups {
+        md.push_str(&seed_group_row(g));
+    }
+    let comparisons = paired_comparisons(groups);
+    if !comparisons.is_empty() {
+        md.push_str(&paired_section(
+            "EqCo against InfoNCE, paired by seed",
+            "Each EqCo run minus the InfoNCE run of the same configuration, K and seed",
+            &comparisons,
+        ));
+    }
+    let comparisons = k_comparisons(groups);
+    if !comparisons.is_empty() {
+        md.push_str(&paired_section(
+            "Small K against the largest K, paired by seed",
+            "Each run minus the run of the same configuration and seed at the largest K \
+             of the report (the same loss: InfoNCE against InfoNCE, EqCo against EqCo)",
+            &comparisons,
+        ));
+    }
+    md
+}
 
-    crate::base::io::create_dir(out)?;
+/// One configuration's row over its seeds.
+fn seed_group_row(g: &SeedGroup) -> String {
+    let values = |f: &dyn Fn(&RunView) -> Option<f64>| -> Vec<f64> {
+        g.runs.iter().filter_map(|r| f(r)).collect()
+    };
+    let mi = values(&|r| (!r.metrics.is_empty()).then(|| tail_mean(&r.metrics, |x| x.mi_bound)));
+    let knn = values(&|r| r.knn.as_ref().map(|k| 100.0 * k.top1));
+    let linear = values(&|r| r.linear.as_ref().map(|l| 100.0 * l.top1));
+    let seeds: Vec<String> = g.runs.iter().map(|r| r.cfg.seed.to_string()).collect();
+    format!(
+        "| {} | {} | {} | {} | {} |\n",
+        g.label,
+        seeds.join(", "),
+        mean_and_range(&mi),
+        mean_and_range(&knn),
+        mean_and_range(&linear)
+    )
+}
+
+/// `report.png` (training curves) and `accuracy.png` in `out`, where there
+/// is something to plot, and the Markdown that shows them.
+fn plots_section(runs: &[RunView], out: &Path) -> Result<String> {
+    let mut md = String::new();
     let trained: Vec<&RunView> = runs.iter().filter(|r| !r.metrics.is_empty()).collect();
     if !trained.is_empty() {
         md.push_str(
@@ -546,14 +566,13 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<String> {
             (560, 420),
         )?;
     }
-    let accuracy = accuracy_panels(&runs);
+    let accuracy = accuracy_panels(runs);
     if !accuracy.is_empty() {
         md.push_str(
             "\n![accuracy against K, with and without EqCo, beside the baselines](accuracy.png)\n",
         );
         write_png(&out.join("accuracy.png"), &accuracy, 2, (600, 440))?;
     }
-    atomic_write(&out.join("report.md"), md.as_bytes())?;
     Ok(md)
 }
 
@@ -603,102 +622,114 @@ fn training_panels(runs: &[&RunView]) -> Vec<Panel> {
 /// family through the means over seeds, each seed's value as a cross when
 /// there are several, the baselines as horizontal lines.
 fn accuracy_panels(runs: &[RunView]) -> Vec<Panel> {
-    type Pick = fn(&RunView) -> Option<f64>;
     let picks: [(&str, Pick); 2] = [
         ("linear probe", |r| {
             r.linear.as_ref().map(|l| 100.0 * l.top1)
         }),
         ("kNN", |r| r.knn.as_ref().map(|k| 100.0 * k.top1)),
     ];
-    let log_k = |r: &RunView| (r.cfg.k().max(1) as f64).log2();
-    let mut panels = Vec::new();
-    for (name, pick) in picks {
-        let points: Vec<(&RunView, f64)> = runs
-            .iter()
-            .filter(|r| r.role() == Role::Contrastive)
-            .filter_map(|r| pick(r).map(|a| (r, a)))
-            .collect();
-        if points.is_empty() {
-            continue;
-        }
-        let (x0, x1) = points
-            .iter()
-            .map(|(r, _)| log_k(r))
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-                (a.min(x), b.max(x))
-            });
-        let mut families: Vec<&str> = points.iter().map(|(r, _)| r.family.as_str()).collect();
-        families.sort();
-        families.dedup();
-        let mut series: Vec<Series> = Vec::new();
-        for (i, fam) in families.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            let seeds: Vec<(f64, f64)> = points
-                .iter()
-                .filter(|(r, _)| r.family == *fam)
-                .map(|(r, a)| (log_k(r), *a))
-                .collect();
-            let mut ks: Vec<f64> = seeds.iter().map(|p| p.0).collect();
-            ks.sort_by(f64::total_cmp);
-            ks.dedup();
-            let means: Vec<(f64, f64)> = ks
-                .iter()
-                .map(|&k| {
-                    let at: Vec<f64> = seeds.iter().filter(|p| p.0 == k).map(|p| p.1).collect();
-                    (k, at.iter().sum::<f64>() / at.len() as f64)
-                })
-                .collect();
-            let several = means.len() < seeds.len();
+    picks
+        .into_iter()
+        .filter_map(|(name, pick)| accuracy_panel(runs, name, pick))
+        .collect()
+}
+
+/// An accuracy of a run, in percent.
+type Pick = fn(&RunView) -> Option<f64>;
+
+/// log2 K of a run: the accuracy plots' x axis.
+fn log_k(r: &RunView) -> f64 {
+    (r.cfg.k().max(1) as f64).log2()
+}
+
+/// The panel of the accuracy `pick` against K, or `None` when no
+/// contrastive run has it.
+fn accuracy_panel(runs: &[RunView], name: &str, pick: Pick) -> Option<Panel> {
+    let points: Vec<(&RunView, f64)> = runs
+        .iter()
+        .filter(|r| r.role() == Role::Contrastive)
+        .filter_map(|r| pick(r).map(|a| (r, a)))
+        .collect();
+    if points.is_empty() {
+        return None;
+    }
+    let (x0, x1) = points
+        .iter()
+        .map(|(r, _)| log_k(r))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+    let mut families: Vec<&str> = points.iter().map(|(r, _)| r.family.as_str()).collect();
+    families.sort();
+    families.dedup();
+    let mut series: Vec<Series> = Vec::new();
+    for (i, fam) in families.iter().enumerate() {
+        series.extend(family_series(&points, fam, COLORS[i % COLORS.len()]));
+    }
+    let baselines = runs.iter().filter(|r| r.role() != Role::Contrastive);
+    for (j, r) in baselines.enumerate() {
+        if let Some(a) = pick(r) {
             series.push(Series {
-                name: if several {
-                    format!("{fam} (mean over seeds)")
-                } else {
-                    fam.to_string()
-                },
-                points: means,
-                color,
-                stroke: if fam.contains("EqCo") {
-                    Stroke::Solid
-                } else {
-                    Stroke::Dashed
-                },
+                name: format!("{} (baseline)", r.label()),
+                points: vec![(x0, a), (x1.max(x0 + 1.0), a)],
+                color: COLORS[(families.len() + j) % COLORS.len()],
+                stroke: Stroke::Thin,
             });
-            if several {
-                series.push(Series {
-                    name: "each seed".into(),
-                    points: seeds,
-                    color,
-                    stroke: Stroke::Markers,
-                });
-            }
         }
-        for (j, r) in runs
-            .iter()
-            .filter(|r| r.role() != Role::Contrastive)
-            .enumerate()
-        {
-            if let Some(a) = pick(r) {
-                series.push(Series {
-                    name: format!("{} (baseline)", r.label()),
-                    points: vec![(x0, a), (x1.max(x0 + 1.0), a)],
-                    color: COLORS[(families.len() + j) % COLORS.len()],
-                    stroke: Stroke::Thin,
-                });
+    }
+    Some(Panel {
+        title: format!("{name} top-1 against K"),
+        x_label: "negatives K".into(),
+        y_label: "top-1 (%)".into(),
+        x_ticks: Some(|v| {
+            if (v - v.round()).abs() < 1e-9 {
+                format!("{}", 2f64.powf(v.round()))
+            } else {
+                String::new()
             }
-        }
-        panels.push(Panel {
-            title: format!("{name} top-1 against K"),
-            x_label: "negatives K".into(),
-            y_label: "top-1 (%)".into(),
-            x_ticks: Some(|v| {
-                if (v - v.round()).abs() < 1e-9 {
-                    format!("{}", 2f64.powf(v.round()))
-                } else {
-                    String::new()
-                }
-            }),
-            series,
+        }),
+        series,
+    })
+}
+
+/// A family's line through its means over seeds at each K and, when it
+/// has several seeds, a cross for each.
+fn family_series(points: &[(&RunView, f64)], fam: &str, color: (u8, u8, u8)) -> Vec<Series> {
+    let seeds: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|(r, _)| r.family == fam)
+        .map(|(r, a)| (log_k(r), *a))
+        .collect();
+    let mut ks: Vec<f64> = seeds.iter().map(|p| p.0).collect();
+    ks.sort_by(f64::total_cmp);
+    ks.dedup();
+    let means: Vec<(f64, f64)> = ks
+        .iter()
+        .map(|&k| {
+            let at: Vec<f64> = seeds.iter().filter(|p| p.0 == k).map(|p| p.1).collect();
+            (k, at.iter().sum::<f64>() / at.len() as f64)
+        })
+        .collect();
+    let several = means.len() < seeds.len();
+    let mut series = vec![Series {
+        name: match several {
+            true => format!("{fam} (mean over seeds)"),
+            false => fam.to_string(),
+        },
+        points: means,
+        color,
+        stroke: match fam.contains("EqCo") {
+            true => Stroke::Solid,
+            false => Stroke::Dashed,
+        },
+    }];
+    if several {
+        series.push(Series {
+            name: "each seed".into(),
+            points: seeds,
+            color,
+            stroke: Stroke::Markers,
         });
     }
-    panels
+    series
 }

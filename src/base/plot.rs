@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use image::ImageEncoder;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::base::error::{Error, Result};
@@ -112,41 +113,7 @@ where
     }
     mesh.draw().map_err(err)?;
     for s in &panel.series {
-        let color = RGBColor(s.color.0, s.color.1, s.color.2);
-        let pts = s.points.iter().copied();
-        let anno = match s.stroke {
-            Stroke::Solid => chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(err)?,
-            Stroke::Dashed => chart
-                .draw_series(DashedLineSeries::new(
-                    pts.clone(),
-                    8,
-                    5,
-                    color.stroke_width(2),
-                ))
-                .map_err(err)?,
-            Stroke::Thin => chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(1)))
-                .map_err(err)?,
-            Stroke::Markers => chart
-                .draw_series(pts.clone().map(|p| Cross::new(p, 5, color.stroke_width(2))))
-                .map_err(err)?,
-        };
-        let markers = matches!(s.stroke, Stroke::Markers);
-        anno.label(&s.name)
-            .legend(move |(x, y)| -> DynElement<_, _> {
-                if markers {
-                    Cross::new((x + 9, y), 5, color.stroke_width(2)).into_dyn()
-                } else {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)).into_dyn()
-                }
-            });
-        if matches!(s.stroke, Stroke::Solid | Stroke::Dashed) {
-            chart
-                .draw_series(pts.map(|p| Circle::new(p, 3, color.filled())))
-                .map_err(err)?;
-        }
+        draw_series(&mut chart, s)?;
     }
     chart
         .configure_series_labels()
@@ -156,6 +123,53 @@ where
         .label_font(("sans-serif", 13))
         .draw()
         .map_err(err)?;
+    Ok(())
+}
+
+/// One series on `chart`, in its stroke, with its legend entry.
+fn draw_series<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    s: &Series,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| Error::Plot(e.to_string());
+    let color = RGBColor(s.color.0, s.color.1, s.color.2);
+    let pts = s.points.iter().copied();
+    let anno = match s.stroke {
+        Stroke::Solid => chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(err)?,
+        Stroke::Dashed => chart
+            .draw_series(DashedLineSeries::new(
+                pts.clone(),
+                8,
+                5,
+                color.stroke_width(2),
+            ))
+            .map_err(err)?,
+        Stroke::Thin => chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(1)))
+            .map_err(err)?,
+        Stroke::Markers => chart
+            .draw_series(pts.clone().map(|p| Cross::new(p, 5, color.stroke_width(2))))
+            .map_err(err)?,
+    };
+    let markers = matches!(s.stroke, Stroke::Markers);
+    anno.label(&s.name)
+        .legend(move |(x, y)| -> DynElement<_, _> {
+            if markers {
+                Cross::new((x + 9, y), 5, color.stroke_width(2)).into_dyn()
+            } else {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)).into_dyn()
+            }
+        });
+    if matches!(s.stroke, Stroke::Solid | Stroke::Dashed) {
+        chart
+            .draw_series(pts.map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(err)?;
+    }
     Ok(())
 }
 

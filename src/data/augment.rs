@@ -96,6 +96,21 @@ pub struct ColorJitter {
     pub p: f64,
 }
 
+impl ColorJitter {
+    /// Brightness, contrast and saturation of strength `s`, hue `h`,
+    /// applied with probability `p` (torchvision's `ColorJitter(s, s, s, h)`
+    /// in a `RandomApply`).
+    fn uniform(s: f32, h: f32, p: f64) -> Option<ColorJitter> {
+        Some(ColorJitter {
+            brightness: s,
+            contrast: s,
+            saturation: s,
+            hue: h,
+            p,
+        })
+    }
+}
+
 /// torchvision's GaussianBlur with σ uniform in `sigma`, applied with
 /// probability `p`; the kernel side is the odd number nearest
 /// `kernel_fraction` of the image side (at least 3), with reflect padding.
@@ -212,6 +227,43 @@ pub struct Recipe {
     pub channels: u8,
 }
 
+/// Checks a recipe's output: its side, its channels and a normalisation
+/// of one positive std per channel.
+fn check_output(size: u32, channels: u8, normalize: &Normalize) -> Result<()> {
+    if size == 0 {
+        return Err(Error::config("image_size", "0 (must be ≥ 1)"));
+    }
+    if channels != 1 && channels != 3 {
+        return Err(Error::config(
+            "channels",
+            format!("{channels} (must be 1 or 3)"),
+        ));
+    }
+    if normalize.mean.len() != channels as usize || normalize.std.len() != channels as usize {
+        return Err(Error::config(
+            "normalize",
+            format!(
+                "{} means and {} stds for {channels} channel(s)",
+                normalize.mean.len(),
+                normalize.std.len()
+            ),
+        ));
+    }
+    if normalize.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(Error::config("normalize", "every std must be > 0"));
+    }
+    Ok(())
+}
+
+/// torchvision's `RandomResizedCrop(size, scale=(lo, 1))` with ratios 3/4 to 4/3.
+fn random_resized(size: u32, lo: f64) -> Crop {
+    Crop::RandomResized(RandomResizedCrop {
+        size,
+        scale: (lo, 1.0),
+        ratio: (3.0 / 4.0, 4.0 / 3.0),
+    })
+}
+
 impl Recipe {
     /// The named recipe at output side `size`, with `channels` output
     /// channels and the normalisation `normalize`.
@@ -221,51 +273,9 @@ impl Recipe {
         channels: u8,
         normalize: Normalize,
     ) -> Result<Recipe> {
-        if size == 0 {
-            return Err(Error::config("image_size", "0 (must be ≥ 1)"));
-        }
-        if channels != 1 && channels != 3 {
-            return Err(Error::config(
-                "channels",
-                format!("{channels} (must be 1 or 3)"),
-            ));
-        }
-        if normalize.mean.len() != channels as usize || normalize.std.len() != channels as usize {
-            return Err(Error::config(
-                "normalize",
-                format!(
-                    "{} means and {} stds for {channels} channel(s)",
-                    normalize.mean.len(),
-                    normalize.std.len()
-                ),
-            ));
-        }
-        if normalize.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(Error::config("normalize", "every std must be > 0"));
-        }
-        let rrc = |lo| {
-            Crop::RandomResized(RandomResizedCrop {
-                size,
-                scale: (lo, 1.0),
-                ratio: (3.0 / 4.0, 4.0 / 3.0),
-            })
-        };
-        let blur = Some(GaussianBlur {
-            sigma: (0.1, 2.0),
-            kernel_fraction: 0.1,
-            p: 0.5,
-        });
-        let jitter = |s: f32, h: f32, p| {
-            Some(ColorJitter {
-                brightness: s,
-                contrast: s,
-                saturation: s,
-                hue: h,
-                p,
-            })
-        };
+        check_output(size, channels, &normalize)?;
         let base = Recipe {
-            crop: rrc(0.2),
+            crop: random_resized(size, 0.2),
             flip: 0.5,
             jitter: None,
             grayscale: 0.0,
@@ -273,36 +283,40 @@ impl Recipe {
             normalize,
             channels,
         };
+        let blur = Some(GaussianBlur {
+            sigma: (0.1, 2.0),
+            kernel_fraction: 0.1,
+            p: 0.5,
+        });
         Ok(match name {
             RecipeName::Mocov1 => Recipe {
-                jitter: jitter(0.4, 0.4, 1.0),
+                jitter: ColorJitter::uniform(0.4, 0.4, 1.0),
                 grayscale: 0.2,
                 ..base
             },
             RecipeName::Mocov2 => Recipe {
-                jitter: jitter(0.4, 0.1, 0.8),
+                jitter: ColorJitter::uniform(0.4, 0.1, 0.8),
                 grayscale: 0.2,
                 blur,
                 ..base
             },
             RecipeName::Simclr => Recipe {
-                crop: rrc(0.08),
-                jitter: jitter(0.8, 0.2, 0.8),
+                crop: random_resized(size, 0.08),
+                jitter: ColorJitter::uniform(0.8, 0.2, 0.8),
                 grayscale: 0.2,
                 blur,
                 ..base
             },
             RecipeName::Supervised => Recipe {
-                crop: rrc(0.08),
+                crop: random_resized(size, 0.08),
                 ..base
             },
             RecipeName::Eval => Recipe {
                 crop: Crop::Center {
                     size,
-                    resize: if size >= 128 {
-                        (size as f64 / 0.875).round() as u32
-                    } else {
-                        size
+                    resize: match size >= 128 {
+                        true => (size as f64 / 0.875).round() as u32,
+                        false => size,
                     },
                 },
                 flip: 0.0,

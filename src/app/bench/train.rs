@@ -12,8 +12,9 @@ use clap::Args;
 use tch::{Device, Kind, Tensor};
 
 use super::{positive, Python, PythonArgs};
-use crate::base::device::{native_bf16, parse_device, Compute, MemoryFormat, Precision};
+use crate::base::device::{native_bf16, Compute, MemoryFormat, Precision};
 use crate::dist::World;
+use crate::job::{Job, Request};
 use crate::method::Shape;
 use crate::run::PretrainConfig;
 use crate::train::Step;
@@ -166,22 +167,70 @@ impl Timing {
     }
 }
 
+/// What one table of the benchmark runs on: the device, its threads, the
+/// PyTorch interpreter and the variants timed.
+struct Setup {
+    device: Device,
+    threads: usize,
+    python: Option<Python>,
+    variants: Vec<Variant>,
+}
+
+/// The median timings of one model and method: eqco's and PyTorch's for
+/// each variant, and PyTorch's eager default.
+struct Rows {
+    ours: Vec<Timing>,
+    theirs: Vec<Option<Timing>>,
+    eager: Option<Timing>,
+}
+
 impl TrainBench {
     /// Runs the benchmark and prints its table.
     pub fn run(&self) -> anyhow::Result<()> {
         positive("--steps", self.steps)?;
         positive("--repeats", self.repeats)?;
-        let device = parse_device(&self.device)?;
-        let threads = match self.threads {
-            Some(t) => {
-                positive("--threads", t)?;
-                t
-            }
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
+        if let Some(t) = self.threads {
+            positive("--threads", t)?;
+        }
+        let job = Job::single(&Request {
+            device: self.device.clone(),
+            threads: self.threads,
+            nproc_per_node: None,
+        })?;
+        let (device, threads) = (job.device, job.threads);
         tch::set_num_threads(threads as i32);
         if device.is_cuda() {
             Cuda::benchmark_mode();
+        }
+        let models = self.models()?;
+        let native = native_bf16(device);
+        let setup = Setup {
+            device,
+            threads,
+            python: self.python.python(),
+            variants: self.variants(native.is_some()),
+        };
+        self.print_header(&setup, &native);
+        for model in &models {
+            for method in &self.methods {
+                let n = self.batch.unwrap_or(model.batch);
+                let rows = self.measure(&setup, model, method, n)?;
+                print_rows(&setup, model, method, n, &rows);
+            }
+        }
+        println!("  (PyTorch: the same precision and format; eager: PyTorch in fp32 and NCHW;");
+        println!("   ratio = eqco img/s ÷ theirs, > 1 means eqco is faster)");
+        Ok(())
+    }
+
+    /// The models of `--models`, and a check of `--methods`.
+    fn models(&self) -> anyhow::Result<Vec<&'static Model>> {
+        if let Some(m) = self.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
+            return Err(crate::Error::config(
+                "--methods",
+                format!("'{m}' (simo, mocov1, mocov2, simclr)"),
+            )
+            .into());
         }
         let models = self
             .models
@@ -195,50 +244,51 @@ impl TrainBench {
                 })
             })
             .collect::<crate::Result<Vec<_>>>()?;
-        if let Some(m) = self.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
-            return Err(crate::Error::config(
-                "--methods",
-                format!("'{m}' (simo, mocov1, mocov2, simclr)"),
-            )
-            .into());
-        }
-        let native = native_bf16(device);
+        Ok(models)
+    }
+
+    /// Every precision of `--precision` (fp32, and bf16 where `native`)
+    /// in every memory format of `--memory-format`.
+    fn variants(&self, native: bool) -> Vec<Variant> {
         let precisions = self.precision.clone().unwrap_or_else(|| {
             let mut p = vec![Precision::Fp32];
-            if native.is_some() {
+            if native {
                 p.push(Precision::Bf16);
             }
             p
         });
-        let variants: Vec<Variant> = precisions
+        precisions
             .iter()
             .flat_map(|&p| {
                 let bf16 = match p {
                     Precision::Fp32 => false,
                     Precision::Bf16 => true,
-                    Precision::Auto => native.is_some(),
+                    Precision::Auto => native,
                 };
                 self.memory_format.iter().map(move |&f| Variant {
                     bf16,
                     channels_last: f == MemoryFormat::ChannelsLast,
                 })
             })
-            .collect();
-        let python = self.python.python();
+            .collect()
+    }
+
+    /// The table's title and column heads.
+    fn print_header(&self, setup: &Setup, native: &Option<String>) {
         println!(
-            "bench train: {} warm-up + {} timed steps (median) on random images, {} round(s), {threads} thread(s), {}",
+            "bench train: {} warm-up + {} timed steps (median) on random images, {} round(s), {} thread(s), {}",
             self.warmup,
             self.steps,
             self.repeats,
-            describe(device, &native),
+            setup.threads,
+            describe(setup.device, native),
         );
         if self.precision.is_none() && native.is_none() {
             println!(
                 "  (no bf16 rows: {}; --precision fp32,bf16 times them emulated)",
-                no_native(device)
+                no_native(setup.device)
             );
         }
-        let cuda = device.is_cuda();
         println!(
             "  {:<13} {:<7} {:<5} {:<14} {:>4}  {:>10}  {:>10}  {:>6}  {:>10}  {:>6}{}",
             "model",
@@ -251,83 +301,65 @@ impl TrainBench {
             "ratio",
             "eager",
             "ratio",
-            if cuda {
-                "   wait ms (eqco / PyTorch)"
-            } else {
-                ""
+            match setup.device.is_cuda() {
+                true => "   wait ms (eqco / PyTorch)",
+                false => "",
             }
         );
-        for model in &models {
-            for method in &self.methods {
-                let n = self.batch.unwrap_or(model.batch);
-                let cfg = config(method, model, n)?;
-                // Every variant, and PyTorch's eager default, once per round.
-                let mut ours: Vec<Vec<Timing>> = vec![Vec::new(); variants.len()];
-                let mut theirs: Vec<Vec<Timing>> = vec![Vec::new(); variants.len()];
-                let mut eager = Vec::new();
-                for _ in 0..self.repeats {
-                    for (i, &v) in variants.iter().enumerate() {
-                        ours[i].push(time_eqco(&cfg, model, v, device, self.warmup, self.steps)?);
-                        if let Some(py) = &python {
-                            let t = self.time_pytorch(py, method, model, n, v, device, threads)?;
-                            theirs[i].push(t);
-                            if v == Variant::EAGER_DEFAULT {
-                                eager.push(t);
-                            }
-                        }
-                    }
-                    if let (Some(py), false) = (&python, variants.contains(&Variant::EAGER_DEFAULT))
-                    {
-                        let t = self.time_pytorch(
-                            py,
-                            method,
-                            model,
-                            n,
-                            Variant::EAGER_DEFAULT,
-                            device,
-                            threads,
-                        )?;
+    }
+
+    /// Every variant, and PyTorch's eager default, once per round; the
+    /// medians over rounds (machine noise falls on both alike).
+    fn measure(
+        &self,
+        setup: &Setup,
+        model: &Model,
+        method: &str,
+        n: usize,
+    ) -> anyhow::Result<Rows> {
+        let cfg = config(method, model, n)?;
+        let variants = &setup.variants;
+        let mut ours: Vec<Vec<Timing>> = vec![Vec::new(); variants.len()];
+        let mut theirs: Vec<Vec<Timing>> = vec![Vec::new(); variants.len()];
+        let mut eager = Vec::new();
+        let pytorch = |v: Variant| -> anyhow::Result<Option<Timing>> {
+            match &setup.python {
+                Some(py) => Ok(Some(self.time_pytorch(py, method, model, n, v, setup)?)),
+                None => Ok(None),
+            }
+        };
+        for _ in 0..self.repeats {
+            for (i, &v) in variants.iter().enumerate() {
+                ours[i].push(time_eqco(
+                    &cfg,
+                    model,
+                    v,
+                    setup.device,
+                    self.warmup,
+                    self.steps,
+                )?);
+                if let Some(t) = pytorch(v)? {
+                    theirs[i].push(t);
+                    if v == Variant::EAGER_DEFAULT {
                         eager.push(t);
                     }
                 }
-                let eager = Timing::median(&eager);
-                for (i, &v) in variants.iter().enumerate() {
-                    let ours = Timing::median(&ours[i]).expect("at least one round");
-                    let same = Timing::median(&theirs[i]);
-                    let img = |t: &Timing| n as f64 / t.step;
-                    let col = |t: Option<Timing>| match t {
-                        Some(t) => (
-                            format!("{:10.1}", img(&t)),
-                            format!("{:6.2}", t.step / ours.step),
-                        ),
-                        None => (format!("{:>10}", "-"), format!("{:>6}", "-")),
-                    };
-                    let ((s, sr), (e, er)) = (col(same), col(eager));
-                    let wait = match (cuda, same) {
-                        (false, _) => String::new(),
-                        (true, Some(t)) => {
-                            format!("   {:7.2} / {:7.2}", 1e3 * ours.wait, 1e3 * t.wait)
-                        }
-                        (true, None) => format!("   {:7.2}", 1e3 * ours.wait),
-                    };
-                    println!(
-                        "  {:<13} {:<7} {:<5} {:<14} {:>4}  {:10.1}  {s}  {sr}  {e}  {er}{wait}",
-                        model.name,
-                        method,
-                        v.precision(),
-                        v.format(),
-                        n,
-                        img(&ours),
-                    );
-                }
+            }
+            if !variants.contains(&Variant::EAGER_DEFAULT) {
+                eager.extend(pytorch(Variant::EAGER_DEFAULT)?);
             }
         }
-        println!("  (PyTorch: the same precision and format; eager: PyTorch in fp32 and NCHW;");
-        println!("   ratio = eqco img/s ÷ theirs, > 1 means eqco is faster)");
-        Ok(())
+        Ok(Rows {
+            ours: ours
+                .iter()
+                .map(|t| Timing::median(t).expect("at least one round"))
+                .collect(),
+            theirs: theirs.iter().map(|t| Timing::median(t)).collect(),
+            eager: Timing::median(&eager),
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// PyTorch's step of `method` on `model` at batch `n` in variant `v`.
     fn time_pytorch(
         &self,
         python: &Python,
@@ -335,9 +367,9 @@ impl TrainBench {
         model: &Model,
         n: usize,
         v: Variant,
-        device: Device,
-        threads: usize,
+        setup: &Setup,
     ) -> anyhow::Result<Timing> {
+        let (device, threads) = (setup.device, setup.threads);
         let mut args: Vec<String> = [
             ("--method", method.to_string()),
             ("--arch", model.backbone.to_string()),
@@ -375,6 +407,37 @@ impl TrainBench {
             step: out["step_s"].as_f64().context("no step_s")?,
             wait: out["wait_s"].as_f64().context("no wait_s")?,
         })
+    }
+}
+
+/// One table row per variant of `model` and `method` at batch `n`.
+fn print_rows(setup: &Setup, model: &Model, method: &str, n: usize, rows: &Rows) {
+    let cuda = setup.device.is_cuda();
+    for (i, &v) in setup.variants.iter().enumerate() {
+        let (ours, same) = (rows.ours[i], rows.theirs[i]);
+        let img = |t: &Timing| n as f64 / t.step;
+        let col = |t: Option<Timing>| match t {
+            Some(t) => (
+                format!("{:10.1}", img(&t)),
+                format!("{:6.2}", t.step / ours.step),
+            ),
+            None => (format!("{:>10}", "-"), format!("{:>6}", "-")),
+        };
+        let ((s, sr), (e, er)) = (col(same), col(rows.eager));
+        let wait = match (cuda, same) {
+            (false, _) => String::new(),
+            (true, Some(t)) => format!("   {:7.2} / {:7.2}", 1e3 * ours.wait, 1e3 * t.wait),
+            (true, None) => format!("   {:7.2}", 1e3 * ours.wait),
+        };
+        println!(
+            "  {:<13} {:<7} {:<5} {:<14} {:>4}  {:10.1}  {s}  {sr}  {e}  {er}{wait}",
+            model.name,
+            method,
+            v.precision(),
+            v.format(),
+            n,
+            img(&ours),
+        );
     }
 }
 
