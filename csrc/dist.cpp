@@ -399,6 +399,22 @@ std::vector<std::shared_ptr<::gloo::transport::Device>> gloo_devices(const std::
   return devices;
 }
 
+// The key of the job's identity in the store, outside every attempt's prefix.
+constexpr const char* kJobKey = "eqco/job";
+
+// Rank 0 claims the store for its job; every other process checks that the
+// store serves its own job before it writes anything there. A mismatch is
+// thrown as `EQCO_OTHER_JOB[<their identity>]`, which the Rust side turns
+// into an error naming both jobs.
+void check_job(const c10::intrusive_ptr<c10d::Store>& store, int rank, const std::string& identity) {
+  std::vector<uint8_t> mine(identity.begin(), identity.end());
+  std::vector<uint8_t> theirs =
+      rank == 0 ? store->compareSet(kJobKey, std::vector<uint8_t>(), mine) : store->get(kJobKey);
+  if (theirs != mine) {
+    throw std::runtime_error("EQCO_OTHER_JOB[" + std::string(theirs.begin(), theirs.end()) + "]");
+  }
+}
+
 // Tells the other ranks that this one cannot join, and why (first failure wins).
 void record_failure(const c10::intrusive_ptr<c10d::Store>& store, int rank, const std::string& why) {
   try {
@@ -448,15 +464,18 @@ using eqco::Group;
 
 // Joins the group of `size` processes. The rendezvous store is a TCPStore
 // at host:port, served by this process when `serve` (rank 0 without
-// torchrun's agent) and joined as a client otherwise; the group's keys live
-// under `prefix`. Gloo binds to the interfaces `gloo_ifaces` (comma-separated,
+// torchrun's agent) and joined as a client otherwise; a server listens on
+// the socket `listen_fd` when it is ≥ 0 (bound by the caller, e.g. to
+// loopback; the store takes it over), else on every interface. Before
+// anything else, the store is checked to serve the job `identity` (see
+// check_job); the group's keys live under `prefix`. Gloo binds to the interfaces `gloo_ifaces` (comma-separated,
 // GLOO_SOCKET_IFNAME's form) when not empty, else to the address
 // `gloo_addr`. NCCL (nccl = 1) is bound to GPU `cuda_index`. Reaching the
 // store and waiting for every rank to join is bounded by `join_timeout_s`,
 // every later wait by `timeout_s`.
 extern "C" char* eqco_group_new(int nccl, const char* host, int port, int rank, int size,
                                 double timeout_s, double join_timeout_s, int serve,
-                                const char* prefix,
+                                int listen_fd, const char* identity, const char* prefix,
                                 const char* gloo_ifaces, const char* gloo_addr, int cuda_index,
                                 Group** out) {
   EQCO_TRY({
@@ -469,7 +488,11 @@ extern "C" char* eqco_group_new(int nccl, const char* host, int port, int rank, 
     // timeout), not in the store's own wait.
     opts.waitWorkers = false;
     opts.timeout = join_timeout;
+    if (serve != 0 && listen_fd >= 0) {
+      opts.masterListenFd = listen_fd;
+    }
     c10::intrusive_ptr<c10d::Store> tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    eqco::check_job(tcp, rank, std::string(identity));
     c10::intrusive_ptr<c10d::Store> store =
         c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
     std::vector<std::shared_ptr<::gloo::transport::Device>> devices;

@@ -75,6 +75,8 @@ extern "C" {
         timeout_s: f64,
         join_timeout_s: f64,
         serve: c_int,
+        listen_fd: c_int,
+        identity: *const c_char,
         prefix: *const c_char,
         gloo_ifaces: *const c_char,
         gloo_addr: *const c_char,

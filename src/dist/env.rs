@@ -50,6 +50,34 @@ pub struct Env {
     /// `GLOO_SOCKET_IFNAME`: the interfaces Gloo binds to (comma-separated),
     /// when set.
     pub gloo_ifname: Option<String>,
+    /// The job this process belongs to, as its launcher names it (see
+    /// [`job_identity`]); every rank checks the store serves this job.
+    pub job: String,
+}
+
+/// The loopback address a one-host job's store and Gloo listen on.
+pub const LOOPBACK: &str = "127.0.0.1";
+
+/// The variable in which eqco's launcher (or a user) names a job.
+pub const JOB_ID: &str = "EQCO_JOB_ID";
+
+/// The job a process belongs to, as its launcher names it:
+/// `EQCO_JOB_ID` (eqco's launcher sets a random token), torchrun's
+/// `TORCHELASTIC_RUN_ID`, SLURM's `SLURM_JOB_ID` and `SLURM_STEP_ID`, or
+/// empty when nothing names it.
+pub fn job_identity(get: impl Fn(&str) -> Option<String>) -> String {
+    let set = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+    if let Some(id) = set(JOB_ID) {
+        return format!("eqco job {}", id.trim());
+    }
+    if let Some(id) = set("TORCHELASTIC_RUN_ID") {
+        return format!("torchrun run {}", id.trim());
+    }
+    match (set("SLURM_JOB_ID"), set("SLURM_STEP_ID")) {
+        (Some(job), Some(step)) => format!("SLURM job {} step {}", job.trim(), step.trim()),
+        (Some(job), None) => format!("SLURM job {}", job.trim()),
+        _ => String::new(),
+    }
 }
 
 /// Reads a whole number ≥ 0 from `name`, an error naming it otherwise.
@@ -137,6 +165,7 @@ impl Env {
             run_id: get("TORCHELASTIC_RUN_ID").unwrap_or_default(),
             restart_count: whole(&get, "TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0) as u64,
             gloo_ifname: get("GLOO_SOCKET_IFNAME").filter(|v| !v.trim().is_empty()),
+            job: job_identity(&get),
         }))
     }
 
@@ -144,6 +173,23 @@ impl Env {
     /// torchrun's agent already does.
     pub fn serves_store(&self) -> bool {
         self.rank == 0 && !self.agent_store
+    }
+
+    /// Whether every process of the job runs on this machine
+    /// (`LOCAL_WORLD_SIZE == WORLD_SIZE`): then the store and Gloo listen
+    /// on loopback only, and every rank reaches the store there.
+    pub fn one_host(&self) -> bool {
+        self.local_world_size == self.world_size
+    }
+
+    /// Where this process reaches the store: loopback when the whole job
+    /// runs on this machine and eqco serves the store itself, else
+    /// `MASTER_ADDR` (torchrun's agent binds its store as torchrun decides).
+    pub fn store_host(&self) -> String {
+        match self.one_host() && !self.agent_store {
+            true => LOOPBACK.to_string(),
+            false => self.master_addr.clone(),
+        }
     }
 
     /// The prefix of this attempt's keys in the store: torchrun's agent
@@ -154,9 +200,11 @@ impl Env {
 
     /// Where Gloo binds on this host: the interfaces of `GLOO_SOCKET_IFNAME`
     /// when set, else this host's own address on the route to `MASTER_ADDR`.
+    /// A job on one machine binds to loopback.
     pub fn gloo_bind(&self) -> Result<GlooBind> {
         match &self.gloo_ifname {
             Some(ifaces) => Ok(GlooBind::Interfaces(ifaces.trim().to_string())),
+            None if self.one_host() => Ok(GlooBind::Address(IpAddr::from([127, 0, 0, 1]))),
             None => route_address(&self.master_addr, self.master_port).map(GlooBind::Address),
         }
     }
@@ -608,6 +656,50 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["message"]["message"], "error: `--out` x: denied");
         assert_eq!(v["message"]["extraInfo"]["timestamp"], "1700000000");
+    }
+
+    #[test]
+    fn a_job_is_named_by_its_launcher() {
+        let named = |vars: &[(&str, &str)]| {
+            job_identity(|k| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            })
+        };
+        assert_eq!(
+            named(&[("EQCO_JOB_ID", "9f"), ("SLURM_JOB_ID", "7")]),
+            "eqco job 9f"
+        );
+        assert_eq!(named(&[("TORCHELASTIC_RUN_ID", "r1")]), "torchrun run r1");
+        assert_eq!(
+            named(&[("SLURM_JOB_ID", "7"), ("SLURM_STEP_ID", "0")]),
+            "SLURM job 7 step 0"
+        );
+        assert_eq!(named(&[("SLURM_JOB_ID", "7")]), "SLURM job 7");
+        assert_eq!(named(&[("EQCO_JOB_ID", " ")]), "");
+    }
+
+    #[test]
+    fn a_one_host_job_reaches_its_store_and_binds_gloo_on_loopback() {
+        let vars = |local: &'static str| {
+            move |k: &str| match k {
+                "RANK" => Some("1".to_string()),
+                "WORLD_SIZE" => Some("2".to_string()),
+                "LOCAL_WORLD_SIZE" => Some(local.to_string()),
+                "LOCAL_RANK" => Some("0".to_string()),
+                "MASTER_ADDR" => Some("node0".to_string()),
+                "MASTER_PORT" => Some("29500".to_string()),
+                _ => None,
+            }
+        };
+        let one = Env::from_lookup(vars("2")).unwrap().unwrap();
+        assert!(one.one_host());
+        assert_eq!(one.store_host(), "127.0.0.1");
+        assert!(matches!(one.gloo_bind().unwrap(), GlooBind::Address(a) if a.is_loopback()));
+        let two = Env::from_lookup(vars("1")).unwrap().unwrap();
+        assert!(!two.one_host());
+        assert_eq!(two.store_host(), "node0");
     }
 
     #[test]

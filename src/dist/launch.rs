@@ -1,6 +1,7 @@
 //! `eqco pretrain --nproc-per-node N`: N workers of this same program on
 //! this machine, with the torchrun variables set (`MASTER_ADDR` 127.0.0.1
-//! and a free port). The launcher forwards SIGINT and SIGTERM to the
+//! and a free port) and the job's random identity (`EQCO_JOB_ID`), which
+//! every worker checks against the store it joins. The launcher forwards SIGINT and SIGTERM to the
 //! workers; when one fails it stops the others and reports which rank
 //! failed and why (each worker writes its error to `EQCO_ERROR_FILE`, as
 //! torchrun's workers do to `TORCHELASTIC_ERROR_FILE`); workers die with
@@ -44,6 +45,8 @@ pub enum Outcome {
 pub fn launch(nproc: usize, args: &[OsString]) -> Result<Outcome> {
     let exe = std::env::current_exe().map_err(|e| Error::io("the eqco executable", e))?;
     let port = free_port()?;
+    // The job's identity: every worker checks the store it joins serves it.
+    let job = format!("{:016x}", rand::random::<u64>());
     let errors = tempfile::tempdir().map_err(|e| Error::io("a temporary folder", e))?;
     // SAFETY: installing plain handlers that store an integer.
     unsafe {
@@ -55,9 +58,8 @@ pub fn launch(nproc: usize, args: &[OsString]) -> Result<Outcome> {
         match spawn(
             &exe,
             args,
-            rank,
-            nproc,
-            port,
+            (rank, nproc),
+            (&job, port),
             &error_file(errors.path(), rank),
         ) {
             Ok(child) => workers.push(child),
@@ -125,12 +127,13 @@ fn error_file(dir: &Path, rank: usize) -> PathBuf {
     dir.join(format!("rank-{rank}.error"))
 }
 
+/// Starts worker `rank` of `nproc` of the job `job` on `port`, writing
+/// its error to `error_file`.
 fn spawn(
     exe: &Path,
     args: &[OsString],
-    rank: usize,
-    nproc: usize,
-    port: u16,
+    (rank, nproc): (usize, usize),
+    (job, port): (&str, u16),
     error_file: &Path,
 ) -> Result<Child> {
     let mut cmd = Command::new(exe);
@@ -141,6 +144,7 @@ fn spawn(
         .env("LOCAL_WORLD_SIZE", nproc.to_string())
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string())
+        .env(super::env::JOB_ID, job)
         .env(ERROR_FILE, error_file);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {

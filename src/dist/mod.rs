@@ -114,13 +114,20 @@ impl Group {
         if backend == Backend::Nccl {
             env::check_nccl_error_handling(|k| std::env::var(k).ok())?;
         }
-        if env.serves_store() {
-            check_port_free(&env.master_addr, env.master_port)?;
-        }
+        // The socket the store listens on: loopback for a one-host job.
+        let listen_fd = match (env.serves_store(), env.one_host()) {
+            (true, true) => listen_on_loopback(env.master_port)?,
+            (true, false) => {
+                check_port_free(&env.master_addr, env.master_port)?;
+                -1
+            }
+            (false, _) => -1,
+        };
         let c = |what: &str, v: String| {
             CString::new(v).map_err(|_| Error::config(what, "contains a NUL byte"))
         };
-        let host = c("MASTER_ADDR", env.master_addr.clone())?;
+        let host = c("MASTER_ADDR", env.store_host())?;
+        let identity = c(env::JOB_ID, env.job.clone())?;
         let prefix = c("TORCHELASTIC_RUN_ID", env.store_prefix())?;
         let (ifaces, addr) = match backend {
             Backend::Nccl => (String::new(), String::new()),
@@ -148,6 +155,8 @@ impl Group {
                 timeouts.collective.as_secs_f64(),
                 timeouts.join.as_secs_f64(),
                 c_int::from(env.serves_store()),
+                listen_fd,
+                identity.as_ptr(),
                 prefix.as_ptr(),
                 ifaces.as_ptr(),
                 addr.as_ptr(),
@@ -156,6 +165,18 @@ impl Group {
             )
         };
         shim::check("joining the process group", err).map_err(|e| {
+            if let Some(theirs) = other_job(&e.to_string()) {
+                return Error::config(
+                    "MASTER_PORT",
+                    format!(
+                        "the store at {}:{} serves another job ({}), not this one ({}); this process leaves it untouched: give each job its own MASTER_PORT",
+                        env.store_host(),
+                        env.master_port,
+                        describe_job(theirs),
+                        describe_job(&env.job)
+                    ),
+                );
+            }
             let bind = match (&env.gloo_ifname, addr.to_str()) {
                 (Some(i), _) => format!(", Gloo on interface(s) {i}"),
                 (None, Ok(a)) if !a.is_empty() => format!(", Gloo on {a}"),
@@ -455,6 +476,38 @@ pub const LINGER: Duration = Duration::from_secs(5);
 const CAUSE_WAIT: Duration = Duration::from_secs(2);
 
 /// An error naming `MASTER_PORT` when another program holds it on this machine.
+/// The identity in an `EQCO_OTHER_JOB[…]` error of the shim (the store
+/// serves another job), if that is the error.
+fn other_job(message: &str) -> Option<&str> {
+    let rest = message.split_once("EQCO_OTHER_JOB[")?.1;
+    Some(rest.rsplit_once(']')?.0)
+}
+
+/// A job's identity as a message names it.
+fn describe_job(identity: &str) -> String {
+    match identity.is_empty() {
+        true => "a job its launcher left unnamed".to_string(),
+        false => format!("`{identity}`"),
+    }
+}
+
+/// A listening socket on 127.0.0.1:`port` for the store to take over;
+/// a port in use is an error naming `MASTER_PORT`.
+fn listen_on_loopback(port: u16) -> Result<c_int> {
+    use std::os::fd::IntoRawFd;
+    match TcpListener::bind((env::LOOPBACK, port)) {
+        Ok(listener) => Ok(listener.into_raw_fd()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::config(
+            "MASTER_PORT",
+            format!(
+                "{port} is already in use on {}; choose another port",
+                env::LOOPBACK
+            ),
+        )),
+        Err(e) => Err(Error::io(format!("{}:{port}", env::LOOPBACK), e)),
+    }
+}
+
 fn check_port_free(addr: &str, port: u16) -> Result<()> {
     match TcpListener::bind((addr, port)) {
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::config(

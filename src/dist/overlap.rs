@@ -178,6 +178,7 @@ mod tests {
             run_id: "overlap-test".into(),
             restart_count: 0,
             gloo_ifname: None,
+            job: "overlap-test".into(),
         };
         let t = Timeouts {
             join: Duration::from_secs(20),
