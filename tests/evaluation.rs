@@ -75,6 +75,8 @@ fn eval_linear_runs_both_modes_and_says_which() {
         "linear",
         "--checkpoint",
         ckpt,
+        "--mode",
+        "fast",
         "--epochs",
         "3",
         "--lr",
@@ -651,4 +653,96 @@ fn close_to(text: &str, want: f64, tol: f64, context: &str) {
         .parse()
         .unwrap_or_else(|_| panic!("{text:?} in {context}"));
     assert!((got - want).abs() <= tol, "{got} vs {want} in {context}");
+}
+
+/// The `logreg` probe (the default) reaches what an independent logistic
+/// regression fitted in PyTorch reaches on the same frozen features, within
+/// 0.3 points: real Fashion-MNIST (60,000 training and 10,000 test images,
+/// as scripts/setup.sh installs it), a briefly trained default-preset run
+/// (fp32), its features as `eqco embed` writes them, and the reference's
+/// protocol in tests/python/logreg_reference.py (standardised, weight decay
+/// chosen on 10,000 held-out training images, refitted on all, L-BFGS).
+#[test]
+fn the_logreg_probe_matches_a_pytorch_logistic_regression_on_the_same_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let sets = [
+        "max_steps=10",
+        "precision=fp32",
+        "knn_every=0",
+        "tensorboard=false",
+    ];
+    let mut args = vec!["pretrain", "--out", run_s, "--threads", "2"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let o = eqco(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let ckpt = latest(&run);
+    let ckpt = ckpt.to_str().unwrap();
+    let eval = tmp.path().join("eval");
+    let o = eqco(&[
+        "eval",
+        "linear",
+        "--checkpoint",
+        ckpt,
+        "--threads",
+        "2",
+        "--out",
+        eval.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    eprintln!("{}", text(&o.stdout));
+    let r = json(&eval.join("linear.json"));
+    assert_eq!(r["settings"]["mode"], "logreg");
+    let logreg = &r["logreg"];
+    assert_eq!(logreg["held_out"], 10_000, "{r}");
+    assert_eq!(logreg["candidates"].as_array().unwrap().len(), 6);
+    assert_eq!(logreg["fit"]["converged"], true, "{r}");
+    let ours = r["top1"].as_f64().unwrap();
+    let mut files = Vec::new();
+    for split in ["train", "test"] {
+        let out = tmp.path().join(format!("{split}.npy"));
+        let o = eqco(&[
+            "embed",
+            "--checkpoint",
+            ckpt,
+            "--split",
+            split,
+            "--threads",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        files.push(out.display().to_string());
+        files.push(
+            tmp.path()
+                .join(format!("{split}.rows.csv"))
+                .display()
+                .to_string(),
+        );
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/logreg_reference.py");
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let o = std::process::Command::new(python)
+        .arg(script)
+        .args(&files)
+        .output()
+        .expect("the venv's python runs (bash scripts/setup.sh installs torch)");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let reference: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let theirs = reference["top1"].as_f64().unwrap();
+    eprintln!(
+        "logreg top-1 {:.2} % (λ = {}), PyTorch's reference {:.2} % (weight decay {})",
+        100.0 * ours,
+        logreg["lambda"],
+        100.0 * theirs,
+        reference["decay"]
+    );
+    assert!(
+        (ours - theirs).abs() <= 0.003,
+        "ours {ours}, PyTorch's {theirs}: more than 0.3 points apart"
+    );
 }

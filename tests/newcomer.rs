@@ -53,6 +53,8 @@ fn evaluations_without_out_land_in_the_run_and_the_report_shows_them() {
         "linear",
         "--checkpoint",
         ckpt,
+        "--mode",
+        "fast",
         "--epochs",
         "2",
         "--lr",

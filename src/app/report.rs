@@ -420,6 +420,7 @@ fn pct(v: Option<f64>) -> String {
 
 fn mode(r: &LinearReport) -> &'static str {
     match r.settings.mode {
+        LinearMode::Logreg => "logreg",
         LinearMode::Fast => "fast",
         LinearMode::Moco => "moco",
     }

@@ -18,7 +18,7 @@
 //! set = { max_steps = 0 }
 //! [eval]                          # evaluations after each run
 //! knn = true
-//! linear = "fast"
+//! linear = "logreg"
 //! ```
 
 use std::collections::BTreeMap;
@@ -70,7 +70,7 @@ impl Default for SweepEval {
         SweepEval {
             knn: true,
             knn_bank: None,
-            linear: Some(LinearMode::Fast),
+            linear: Some(LinearMode::Logreg),
             linear_epochs: 100,
             linear_lr: 30.0,
             linear_images: None,

@@ -64,9 +64,13 @@ pub struct LinearArgs {
     /// The checkpoint and dataset.
     #[command(flatten)]
     pub source: Source,
-    /// `moco`: augmented views through the backbone every epoch (MoCo's
-    /// protocol); `fast`: features of centre-cropped images extracted once.
-    #[arg(long, value_enum, default_value = "fast")]
+    /// `logreg`: a logistic regression fitted to convergence (L-BFGS) on
+    /// standardised features of centre-cropped images, its L2 strength
+    /// chosen on held-out training images (the epoch, rate, momentum, decay,
+    /// batch and milestone flags do not apply); `fast`: MoCo's SGD on
+    /// those features extracted once; `moco`: augmented views through the
+    /// backbone every epoch (MoCo's protocol).
+    #[arg(long, value_enum, default_value = "logreg")]
     pub mode: LinearMode,
     /// Epochs (MoCo: 100).
     #[arg(long, default_value_t = 100)]
@@ -175,16 +179,28 @@ pub fn knn_line(r: &KnnReport) -> String {
 /// The one-line result of a linear probe, naming its mode.
 pub fn linear_line(r: &LinearReport) -> String {
     let s = &r.settings;
-    let mode = match s.mode {
-        LinearMode::Fast => "fast mode: features of centre crops extracted once",
-        LinearMode::Moco => "MoCo protocol: augmented views every epoch",
+    let how = match (&r.logreg, s.mode) {
+        (Some(l), _) => format!(
+            "logistic regression fitted to convergence: L-BFGS, λ = {:e} chosen on {} held-out training images, {} in {} iterations",
+            l.lambda,
+            l.held_out,
+            if l.fit.converged { "converged" } else { "NOT converged" },
+            l.fit.iterations
+        ),
+        (None, mode) => format!(
+            "{}; {} epochs, lr {} ×0.1 at {:?}, batch {}",
+            match mode {
+                LinearMode::Moco => "MoCo protocol: augmented views every epoch",
+                _ => "fast mode: features of centre crops extracted once",
+            },
+            s.epochs,
+            s.lr,
+            s.milestones(),
+            s.batch_size
+        ),
     };
     format!(
-        "linear probe ({mode}; {} epochs, lr {} ×0.1 at {:?}, batch {}) of {} (step {}): top-1 {:.2} %, top-5 {:.2} % on {} test images, trained on {} images in {:.0} s",
-        s.epochs,
-        s.lr,
-        s.milestones(),
-        s.batch_size,
+        "linear probe ({how}) of {} (step {}): top-1 {:.2} %, top-5 {:.2} % on {} test images, trained on {} images in {:.0} s",
         r.checkpoint.display(),
         r.step,
         100.0 * r.top1,

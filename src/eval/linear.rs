@@ -2,7 +2,12 @@
 //! features, trained with cross-entropy on the training split and scored
 //! (top-1, top-5) on the test split, BN in inference mode throughout.
 //!
-//! Two modes:
+//! Three modes:
+//! - `logreg` (the default): a multinomial logistic regression on the
+//!   standardised features of centre crops, extracted once, fitted to
+//!   convergence with L-BFGS, its L2 strength chosen on held-out training
+//!   images ([`super::logreg`]). It measures what the representation
+//!   supports, deterministically, in seconds.
 //! - `moco`: MoCo's `main_lincls` protocol. Each epoch draws new augmented
 //!   views of the training images (crop 0.08–1 and flip, the `supervised`
 //!   recipe) and passes them through the backbone; SGD with lr 30, momentum
@@ -25,6 +30,7 @@ use tch::{Kind, Tensor};
 
 use super::frozen::Frozen;
 use super::knn::Accuracy;
+use super::logreg::{self, LogregReport};
 use crate::base::device::float32;
 use crate::base::error::{Error, Result};
 use crate::base::seed::derive;
@@ -36,7 +42,10 @@ use crate::optim::Sgd;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LinearMode {
-    /// Features of un-augmented images, extracted once.
+    /// Logistic regression fitted to convergence on features of
+    /// un-augmented images, its regularisation chosen on held-out images.
+    Logreg,
+    /// Features of un-augmented images, extracted once; MoCo's SGD.
     Fast,
     /// MoCo's protocol: new augmented views through the backbone every epoch.
     Moco,
@@ -45,7 +54,7 @@ pub enum LinearMode {
 /// The probe's settings (MoCo's values by default, with 100 epochs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinearSettings {
-    /// `fast` or `moco`.
+    /// `logreg`, `fast` or `moco`.
     pub mode: LinearMode,
     /// Epochs over the training images.
     pub epochs: usize,
@@ -70,7 +79,7 @@ pub struct LinearSettings {
 impl Default for LinearSettings {
     fn default() -> Self {
         LinearSettings {
-            mode: LinearMode::Fast,
+            mode: LinearMode::Logreg,
             epochs: 100,
             lr: 30.0,
             momentum: 0.9,
@@ -147,8 +156,11 @@ pub struct LinearReport {
     pub top1: f64,
     /// Test top-5 accuracy, in [0, 1].
     pub top5: f64,
-    /// Per-epoch training log.
+    /// Per-epoch training log (SGD modes).
     pub epochs: Vec<LinearEpoch>,
+    /// The `logreg` mode's choice of λ and how its fits converged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logreg: Option<LogregReport>,
     /// Wall time, seconds.
     pub seconds: f64,
 }
@@ -209,19 +221,7 @@ impl Probe {
 
     /// Top-1 and top-5 accuracy on features `[n, F]` with labels `[n]`.
     pub fn accuracy(&self, feats: &Tensor, labels: &Tensor) -> Accuracy {
-        let (mut top1, mut top5) = (0, 0);
-        tch::no_grad(|| {
-            for (f, l) in feats.split(4096, 0).iter().zip(labels.split(4096, 0)) {
-                let (a, b) = hits(&self.fc.forward(f), &l);
-                top1 += a;
-                top5 += b;
-            }
-        });
-        let n = feats.size()[0].max(1) as f64;
-        Accuracy {
-            top1: top1 as f64 / n,
-            top5: top5 as f64 / n,
-        }
+        accuracy_of(|f| self.fc.forward(f), feats, labels)
     }
 
     /// Trains on fixed features `[n, F]` and labels `[n]` for the settings'
@@ -283,59 +283,41 @@ fn hits(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
 pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<LinearReport> {
     settings.validate()?;
     let start = Instant::now();
-    let device = frozen.device;
-    let eval = frozen.recipe(RecipeName::Eval)?;
     let images = subset(
         frozen.train.len(),
         settings.max_images,
         derive(settings.seed, &[LINEAR_SUBSET]),
     );
-    let dim = frozen.config.encoder(eval.channels)?.resnet.feature_dim();
-    let mut probe = Probe::new(dim, frozen.classes(), settings, device);
-    let log = match settings.mode {
-        LinearMode::Fast => {
+    let (test_f, test_l) = frozen.test_features()?;
+    let (acc, epochs, logreg) = match settings.mode {
+        LinearMode::Logreg => {
             let (feats, labels) = frozen.train_features(&images, settings.max_images.is_none())?;
-            probe.fit(&feats, &labels, settings)?
+            let seed = derive(settings.seed, &[LINEAR_HELD_OUT]);
+            let (clf, report) = logreg::fit_selected(&feats, &labels, frozen.classes(), seed)?;
+            let acc = accuracy_of(|f| clf.logits(f), &test_f, &test_l);
+            (acc, Vec::new(), Some(report))
         }
-        LinearMode::Moco => {
-            let recipe = frozen.recipe(RecipeName::Supervised)?;
-            let loader = Loader::with_images(
-                frozen.train.clone(),
-                recipe,
-                LoaderConfig {
-                    batch_size: settings.batch_size.min(images.len()),
-                    threads: settings.threads.max(1),
-                    seed: derive(settings.seed, &[LINEAR_AUGMENT]),
-                    drop_last: false,
-                    device,
-                    channels_last: frozen.compute.channels_last,
-                    ..Default::default()
-                },
-                images.clone(),
-            )?;
-            let mut log = Vec::with_capacity(settings.epochs);
-            for epoch in 0..settings.epochs {
-                let lr = settings.lr_at(epoch);
-                let mut sums = (0.0, 0);
-                for batch in loader.single_view_epoch(epoch as u64) {
-                    let batch = batch?;
-                    let labels = batch.labels.as_ref().ok_or_else(|| {
-                        Error::Internal("a labelled dataset gave a batch without labels".into())
-                    })?;
-                    let c = frozen.compute;
-                    let feats = float32(&tch::no_grad(|| {
-                        c.run(|| frozen.backbone().forward_t(&batch.view, false))
-                    }));
-                    let (l, h) = probe.step(&feats, labels, lr)?;
-                    sums = (sums.0 + l, sums.1 + h);
+        LinearMode::Fast | LinearMode::Moco => {
+            let dim = frozen
+                .config
+                .encoder(frozen.recipe(RecipeName::Eval)?.channels)?;
+            let mut probe = Probe::new(
+                dim.resnet.feature_dim(),
+                frozen.classes(),
+                settings,
+                frozen.device,
+            );
+            let log = match settings.mode {
+                LinearMode::Moco => train_moco(frozen, &mut probe, &images, settings)?,
+                _ => {
+                    let cache = settings.max_images.is_none();
+                    let (feats, labels) = frozen.train_features(&images, cache)?;
+                    probe.fit(&feats, &labels, settings)?
                 }
-                log.push(LinearEpoch::new(epoch, lr, sums, images.len()));
-            }
-            log
+            };
+            (probe.accuracy(&test_f, &test_l), log, None)
         }
     };
-    let (test_f, test_l) = frozen.test_features()?;
-    let acc = probe.accuracy(&test_f, &test_l);
     Ok(LinearReport {
         checkpoint: frozen.checkpoint.clone(),
         step: frozen.step,
@@ -347,15 +329,79 @@ pub fn evaluate_linear(frozen: &Frozen, settings: &LinearSettings) -> Result<Lin
         test_images: test_f.size()[0] as usize,
         top1: acc.top1,
         top5: acc.top5,
-        epochs: log,
+        epochs,
+        logreg,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// MoCo's protocol: every epoch new augmented views of `images` through
+/// the backbone, one SGD step a batch.
+fn train_moco(
+    frozen: &Frozen,
+    probe: &mut Probe,
+    images: &[usize],
+    settings: &LinearSettings,
+) -> Result<Vec<LinearEpoch>> {
+    let recipe = frozen.recipe(RecipeName::Supervised)?;
+    let loader = Loader::with_images(
+        frozen.train.clone(),
+        recipe,
+        LoaderConfig {
+            batch_size: settings.batch_size.min(images.len()),
+            threads: settings.threads.max(1),
+            seed: derive(settings.seed, &[LINEAR_AUGMENT]),
+            drop_last: false,
+            device: frozen.device,
+            channels_last: frozen.compute.channels_last,
+            ..Default::default()
+        },
+        images.to_vec(),
+    )?;
+    let mut log = Vec::with_capacity(settings.epochs);
+    for epoch in 0..settings.epochs {
+        let lr = settings.lr_at(epoch);
+        let mut sums = (0.0, 0);
+        for batch in loader.single_view_epoch(epoch as u64) {
+            let batch = batch?;
+            let labels = batch.labels.as_ref().ok_or_else(|| {
+                Error::Internal("a labelled dataset gave a batch without labels".into())
+            })?;
+            let c = frozen.compute;
+            let feats = float32(&tch::no_grad(|| {
+                c.run(|| frozen.backbone().forward_t(&batch.view, false))
+            }));
+            let (l, h) = probe.step(&feats, labels, lr)?;
+            sums = (sums.0 + l, sums.1 + h);
+        }
+        log.push(LinearEpoch::new(epoch, lr, sums, images.len()));
+    }
+    Ok(log)
+}
+
+/// Top-1 and top-5 accuracy of a classifier's `logits` on features `[n, F]`
+/// with labels `[n]`, in chunks.
+fn accuracy_of(logits: impl Fn(&Tensor) -> Tensor, feats: &Tensor, labels: &Tensor) -> Accuracy {
+    let (mut top1, mut top5) = (0, 0);
+    tch::no_grad(|| {
+        for (f, l) in feats.split(4096, 0).iter().zip(labels.split(4096, 0)) {
+            let (a, b) = hits(&logits(f), &l);
+            top1 += a;
+            top5 += b;
+        }
+    });
+    let n = feats.size()[0].max(1) as f64;
+    Accuracy {
+        top1: top1 as f64 / n,
+        top5: top5 as f64 / n,
+    }
 }
 
 /// Seed streams of the probe.
 const LINEAR_SUBSET: u64 = 31;
 const LINEAR_SHUFFLE: u64 = 32;
 const LINEAR_AUGMENT: u64 = 33;
+const LINEAR_HELD_OUT: u64 = 34;
 
 #[cfg(test)]
 mod tests {

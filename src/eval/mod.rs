@@ -1,12 +1,14 @@
 //! Evaluation of frozen encoders read from checkpoints: feature
 //! extraction, the weighted kNN classifier (also the online monitor during
-//! pretraining), the linear probe, and embeddings of a dataset for users.
+//! pretraining), the linear probe (logistic regression fitted to
+//! convergence, or SGD as MoCo), and embeddings of a dataset for users.
 
 pub mod embed;
 pub mod features;
 pub mod frozen;
 pub mod knn;
 pub mod linear;
+pub mod logreg;
 
 pub use features::extract;
 pub use frozen::Frozen;
