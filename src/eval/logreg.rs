@@ -275,7 +275,7 @@ fn lbfgs(
         iterations += 1;
         let direction = -two_loop(&grad, &history, precondition);
         let slope = grad.dot(&direction).double_value(&[]);
-        if !(slope < 0.0) {
+        if slope.is_nan() || slope >= 0.0 {
             // Not a descent direction (lost curvature): restart from the gradient.
             history.clear();
             continue;
