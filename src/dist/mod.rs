@@ -104,6 +104,62 @@ pub struct Timeouts {
     pub collective: Duration,
 }
 
+/// The socket the store listens on: loopback for a one-host job (its fd),
+/// else none (-1: the store binds its port itself, checked free first).
+fn store_socket(env: &Env) -> Result<c_int> {
+    Ok(match (env.serves_store(), env.one_host()) {
+        (true, true) => listen_on_loopback(env.master_port)?,
+        (true, false) => {
+            check_port_free(&env.master_addr, env.master_port)?;
+            -1
+        }
+        (false, _) => -1,
+    })
+}
+
+/// Where Gloo binds: `(interfaces, address)`, one of them set (neither for NCCL).
+fn gloo_binding(env: &Env, backend: Backend) -> Result<(String, String)> {
+    Ok(match backend {
+        Backend::Nccl => (String::new(), String::new()),
+        _ => match env.gloo_bind()? {
+            env::GlooBind::Interfaces(i) => (i, String::new()),
+            env::GlooBind::Address(a) => (String::new(), a.to_string()),
+        },
+    })
+}
+
+/// A failed join, explained: another job's store on this port (a
+/// configuration error naming both jobs), or what this rank tried and for
+/// how long.
+fn join_error(env: &Env, e: Error, addr: &str, start: Instant, timeouts: Timeouts) -> Error {
+    if let Some(theirs) = other_job(&e.to_string()) {
+        return Error::config(
+            "MASTER_PORT",
+            format!(
+                "the store at {}:{} serves another job ({}), not this one ({}); this process leaves it untouched: give each job its own MASTER_PORT",
+                env.store_host(),
+                env.master_port,
+                describe_job(theirs),
+                describe_job(&env.job)
+            ),
+        );
+    }
+    let bind = match &env.gloo_ifname {
+        Some(i) => format!(", Gloo on interface(s) {i}"),
+        None if !addr.is_empty() => format!(", Gloo on {addr}"),
+        None => String::new(),
+    };
+    Error::Dist(format!(
+        "rank {} could not join the group at {}:{} ({} the store{bind}); it failed after {:.1} s (dist_join_timeout = {:.0} s): {e}",
+        env.rank,
+        env.master_addr,
+        env.master_port,
+        if env.serves_store() { "serving" } else { "a client of" },
+        start.elapsed().as_secs_f64(),
+        timeouts.join.as_secs_f64()
+    ))
+}
+
 impl Group {
     /// Joins the group of `env`: rank 0 serves the store at
     /// `MASTER_ADDR:MASTER_PORT` (or every rank joins torchrun's agent's),
@@ -114,28 +170,14 @@ impl Group {
         if backend == Backend::Nccl {
             env::check_nccl_error_handling(|k| std::env::var(k).ok())?;
         }
-        // The socket the store listens on: loopback for a one-host job.
-        let listen_fd = match (env.serves_store(), env.one_host()) {
-            (true, true) => listen_on_loopback(env.master_port)?,
-            (true, false) => {
-                check_port_free(&env.master_addr, env.master_port)?;
-                -1
-            }
-            (false, _) => -1,
-        };
+        let listen_fd = store_socket(env)?;
         let c = |what: &str, v: String| {
             CString::new(v).map_err(|_| Error::config(what, "contains a NUL byte"))
         };
         let host = c("MASTER_ADDR", env.store_host())?;
         let identity = c(env::JOB_ID, env.job.clone())?;
         let prefix = c("TORCHELASTIC_RUN_ID", env.store_prefix())?;
-        let (ifaces, addr) = match backend {
-            Backend::Nccl => (String::new(), String::new()),
-            _ => match env.gloo_bind()? {
-                env::GlooBind::Interfaces(i) => (i, String::new()),
-                env::GlooBind::Address(a) => (String::new(), a.to_string()),
-            },
-        };
+        let (ifaces, addr) = gloo_binding(env, backend)?;
         let ifaces = c("GLOO_SOCKET_IFNAME", ifaces)?;
         let addr = c("MASTER_ADDR", addr)?;
         let cuda_index = match device {
@@ -164,34 +206,8 @@ impl Group {
                 &mut ptr,
             )
         };
-        shim::check("joining the process group", err).map_err(|e| {
-            if let Some(theirs) = other_job(&e.to_string()) {
-                return Error::config(
-                    "MASTER_PORT",
-                    format!(
-                        "the store at {}:{} serves another job ({}), not this one ({}); this process leaves it untouched: give each job its own MASTER_PORT",
-                        env.store_host(),
-                        env.master_port,
-                        describe_job(theirs),
-                        describe_job(&env.job)
-                    ),
-                );
-            }
-            let bind = match (&env.gloo_ifname, addr.to_str()) {
-                (Some(i), _) => format!(", Gloo on interface(s) {i}"),
-                (None, Ok(a)) if !a.is_empty() => format!(", Gloo on {a}"),
-                _ => String::new(),
-            };
-            Error::Dist(format!(
-                "rank {} could not join the group at {}:{} ({} the store{bind}); it failed after {:.1} s (dist_join_timeout = {:.0} s): {e}",
-                env.rank,
-                env.master_addr,
-                env.master_port,
-                if env.serves_store() { "serving" } else { "a client of" },
-                start.elapsed().as_secs_f64(),
-                timeouts.join.as_secs_f64()
-            ))
-        })?;
+        shim::check("joining the process group", err)
+            .map_err(|e| join_error(env, e, addr.to_str().unwrap_or_default(), start, timeouts))?;
         report_fatal_errors(env.rank);
         Ok(Group {
             ptr,
