@@ -247,11 +247,19 @@ fn image_folder_layout_errors() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let e = err_of(open(&empty, Split::Train));
-    assert!(e.contains("empty") && e.contains("no class folders"), "{e}");
+    assert!(
+        e.contains("empty") && e.contains("holds no image file"),
+        "{e}"
+    );
     std::fs::create_dir_all(empty.join("cls/sub")).unwrap();
     std::fs::write(empty.join("cls/readme.txt"), b"x").unwrap();
     let e = err_of(open(&empty, Split::Train));
-    assert!(e.contains("cls") && e.contains("no .jpg"), "{e}");
+    assert!(
+        e.contains("cls")
+            && e.contains("class folder: holds no image file")
+            && e.contains("readme.txt"),
+        "{e}"
+    );
     let e = err_of(open(&tmp.path().join("nowhere"), Split::Train));
     assert!(e.contains("nowhere") && e.contains("no such file"), "{e}");
 }

@@ -17,7 +17,7 @@ use crate::base::seed::derive;
 const SUBSET: u64 = 21;
 
 /// The names `dataset` accepts.
-const DATASETS: [&str; 7] = [
+const DATASETS: [&str; 8] = [
     "fashion-mnist",
     "auto",
     "idx",
@@ -25,6 +25,7 @@ const DATASETS: [&str; 7] = [
     "cifar100",
     "stl10",
     "imagefolder",
+    "filelist",
 ];
 
 /// The keys `dataset` … `loader_threads`.
@@ -32,10 +33,14 @@ const DATASETS: [&str; 7] = [
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// `fashion-mnist` (the Debian package's files), or a format read from
-    /// `data_dir`: `auto`, `idx`, `cifar10`, `cifar100`, `stl10`, `imagefolder`.
+    /// `data_dir`: `auto`, `idx`, `cifar10`, `cifar100`, `stl10`,
+    /// `imagefolder` (any folder of images), `filelist` (a text file).
     pub dataset: String,
-    /// The dataset's folder (not needed for `fashion-mnist`).
+    /// The dataset's folder or file list (not needed for `fashion-mnist`).
     pub data_dir: Option<PathBuf>,
+    /// Image files that fail to decode are left out (and counted) instead
+    /// of stopping the run at the first one.
+    pub skip_undecodable: bool,
     /// The split trained on.
     pub split: Split,
     /// Train on a random subset of this many images (fixed by `seed`).
@@ -57,6 +62,7 @@ impl Default for DataConfig {
         DataConfig {
             dataset: "fashion-mnist".into(),
             data_dir: None,
+            skip_undecodable: false,
             split: Split::Train,
             max_images: None,
             augment: RecipeName::Mocov2,
@@ -127,6 +133,7 @@ impl DataConfig {
             "cifar100" => Some(Format::Cifar100),
             "stl10" => Some(Format::Stl10),
             "imagefolder" => Some(Format::ImageFolder),
+            "filelist" => Some(Format::FileList),
             _ => None,
         }
     }
@@ -136,6 +143,7 @@ impl DataConfig {
         let path = self.data_path()?;
         let opts = OpenOptions {
             split,
+            skip_undecodable: self.skip_undecodable,
             ..Default::default()
         };
         match self.format() {

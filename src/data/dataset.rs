@@ -38,8 +38,9 @@ pub struct OpenOptions {
     pub split: Split,
     /// CIFAR-100: fine or coarse labels.
     pub cifar100_labels: Cifar100Labels,
-    /// ImageFolder: decode every image at open and skip (and count) those
-    /// that fail, instead of failing when the loader meets them.
+    /// Image folders and file lists: decode every image at open and skip
+    /// (and count) those that fail, instead of failing when the loader
+    /// meets them.
     pub skip_undecodable: bool,
 }
 
@@ -78,8 +79,11 @@ pub struct Dataset {
     pub split: Split,
     /// Class names, indexed by label.
     pub classes: Vec<String>,
-    /// Files skipped as undecodable (ImageFolder with `skip_undecodable`), with why.
+    /// Files skipped as undecodable (image files with `skip_undecodable`), with why.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Files of an image folder that are not images by their extension
+    /// (hidden files are not listed).
+    pub ignored: Vec<PathBuf>,
     pub(crate) storage: Storage,
     pub(crate) labels: Option<Vec<u16>>,
 }
@@ -103,6 +107,7 @@ impl Dataset {
             split,
             classes,
             skipped: Vec::new(),
+            ignored: Vec::new(),
             storage: Storage::Dense {
                 data,
                 width,
@@ -175,7 +180,7 @@ impl Dataset {
         self.labels.is_some()
     }
 
-    /// The file of image `i`, for ImageFolder.
+    /// The file of image `i`, for image folders and file lists.
     pub fn path(&self, i: usize) -> Option<&Path> {
         match &self.storage {
             Storage::Files { paths } => Some(&paths[i]),

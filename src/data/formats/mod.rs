@@ -30,8 +30,11 @@ pub enum Format {
     Cifar100,
     /// STL-10, binary version.
     Stl10,
-    /// `root/<class>/…/*.{jpg,jpeg,png}`, the ImageNet layout.
+    /// A folder of images: `root/<class>/…/<image>` (the ImageNet
+    /// layout, labelled) or any folder of images, flat or nested (unlabeled).
     ImageFolder,
+    /// A text file naming one image a line, with an optional label after a tab.
+    FileList,
 }
 
 impl Format {
@@ -42,7 +45,8 @@ impl Format {
             Format::Cifar10 => "CIFAR-10 (binary)",
             Format::Cifar100 => "CIFAR-100 (binary)",
             Format::Stl10 => "STL-10 (binary)",
-            Format::ImageFolder => "ImageFolder",
+            Format::ImageFolder => "image folder",
+            Format::FileList => "file list",
         }
     }
 }
@@ -63,13 +67,15 @@ pub fn open_as(path: &Path, format: Format, opts: &OpenOptions) -> Result<Datase
             let root = folder::split_dir(path, opts.split);
             folder::open(&root, opts.split, opts.skip_undecodable)
         }
+        Format::FileList => folder::open_list(path, opts.split, opts.skip_undecodable),
     }
 }
 
 /// Guesses the format of the dataset at `path` from the files it holds:
 /// IDX (`train-images-idx3-ubyte[.gz]`), CIFAR-10 (`data_batch_1.bin`),
 /// CIFAR-100 (`train.bin` + `fine_label_names.txt`, or `train.bin`/`test.bin`
-/// alone), STL-10 (`train_X.bin`, `unlabeled_X.bin`), else ImageFolder.
+/// alone), STL-10 (`train_X.bin`, `unlabeled_X.bin`), else a folder of
+/// images; a file is a file list.
 pub fn detect(path: &Path) -> Result<Format> {
     if !path.exists() {
         if path == Path::new(idx::FASHION_MNIST_DEFAULT_DIR) {
@@ -82,10 +88,7 @@ pub fn detect(path: &Path) -> Result<Format> {
         return Err(bad_file(path, "no such file or folder"));
     }
     if !path.is_dir() {
-        return Err(bad_file(
-            path,
-            "expected a dataset folder (IDX, CIFAR, STL-10 or ImageFolder layout)",
-        ));
+        return Ok(Format::FileList);
     }
     let has = |name: &str| path.join(name).is_file();
     let idx = ["train", "t10k"].iter().any(|p| {
