@@ -23,14 +23,3 @@ for i in "${!args[@]}"; do
     esac
 done
 target/release/eqco pretrain "${own_out[@]}" "$@"
-ckpt="$out/checkpoints/latest.safetensors"
-cat <<NEXT
-
-Next, on $out:
-  target/release/eqco eval linear --checkpoint $ckpt    # linear probe -> $out/eval/linear.json
-  target/release/eqco eval knn --checkpoint $ckpt       # kNN -> $out/eval/knn.json
-  target/release/eqco report $out                       # Markdown table and plots (runs/report/)
-  target/release/eqco export --checkpoint $ckpt --out $out/backbone.safetensors
-  target/release/eqco embed --checkpoint $ckpt --split test --out $out/embeddings/test.npy
-  .venv/bin/tensorboard --logdir $(dirname "$out") --host 127.0.0.1   # the curves, view pairs and config
-NEXT

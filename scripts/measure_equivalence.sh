@@ -29,7 +29,7 @@ fi
 args=(pretrain --config "$preset" --seed "$seed")
 for s in dataset=cifar10 "data_dir=\"$data\"" backbone=resnet10 width=0.125 batch_size=32 \
     image_size=16 head_hidden=32 embed_dim=16 loader_threads=1 max_steps="$steps" \
-    checkpoint_every=1 lr=0.01 warmup_epochs=0 weight_decay=0 precision="$precision" \
+    checkpoint_every=1 keep_checkpoints=0 lr=0.01 warmup_epochs=0 weight_decay=0 precision="$precision" \
     memory_format="$format" "$@"; do
     args+=(--set "$s")
 done

@@ -8,7 +8,7 @@
 //! reads runs, and [`app`] sits on top.
 //!
 //! - [`base`]: the error type, atomic writes, derived seeds, the C++ shim,
-//!   plots, devices and precision.
+//!   plots, devices and precision, stop signals.
 //! - [`loss`]: InfoNCE with a margin (Eq. 1), the EqCo rule `m = τ·ln(α/K)`
 //!   (Eq. 5), negative selection, MI bound and gradient-norm diagnostics.
 //! - [`model`]: ResNet backbones, heads, encoders, batch norm, the EMA.
@@ -18,7 +18,7 @@
 //! - [`data`]: datasets and their formats, augmentations, the two-view loader.
 //! - [`dist`]: c10d process groups, the torchrun environment, the launcher.
 //! - [`run`]: the run folder: configuration sections composed, checkpoints,
-//!   metrics, TensorBoard files.
+//!   the folder's lock, metrics, TensorBoard files.
 //! - [`train`]: the optimizer step and the pretraining loop.
 //! - [`eval`]: frozen features, kNN, the linear probe and embeddings.
 //! - [`job`]: environment, device, workers, world and failures, for every command.

@@ -12,9 +12,17 @@ fn main() {
     }
     let cli = eqco::cli::Cli::parse();
     if let Err(err) = eqco::cli::run(cli) {
-        // A worker started by a launcher also tells it why it failed.
-        eqco::dist::env::record_error(&format!("{err:#}"));
-        eprintln!("error: {err:#}");
-        std::process::exit(eqco::cli::exit_code(&err));
+        let code = eqco::cli::exit_code(&err);
+        if code == eqco::base::error::EXIT_STOPPED {
+            // Every rank stopped alike: rank 0 says so.
+            if !matches!(std::env::var("RANK").as_deref(), Ok(r) if r != "0") {
+                eprintln!("pretrain: {err:#}");
+            }
+        } else {
+            // A worker started by a launcher also tells it why it failed.
+            eqco::dist::env::record_error(&format!("{err:#}"));
+            eprintln!("error: {err:#}");
+        }
+        std::process::exit(code);
     }
 }

@@ -111,6 +111,8 @@ impl Case {
         let mut sets = vec![
             steps.as_str(),
             "checkpoint_every=1",
+            // Every step's checkpoint is compared: keep them all.
+            "keep_checkpoints=0",
             "lr=0.01",
             "warmup_epochs=0",
             // The first step's momentum buffers are then its gradients.

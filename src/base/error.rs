@@ -62,6 +62,18 @@ pub enum Error {
     /// timeout, or could not be reached.
     #[error("distributed: {0}")]
     Dist(String),
+    /// The run was asked to stop (SIGTERM, SIGINT or SIGUSR1), and every
+    /// rank stopped after the same step, at a checkpoint it resumes from
+    /// (exit code [`EXIT_STOPPED`]).
+    #[error("stopped by {signal} after step {step}: {} holds the run up to there; `eqco pretrain --resume auto` with the same --config and --out (or `--resume RUN_DIR`) continues it", checkpoint.display())]
+    Stopped {
+        /// The signal, named (`SIGTERM`, …; a peer's when this rank got none).
+        signal: String,
+        /// The step the run stopped after.
+        step: u64,
+        /// The checkpoint written at that step.
+        checkpoint: PathBuf,
+    },
     /// Workers started by `--nproc-per-node` failed; the first named is
     /// the likely cause.
     #[error("{}", describe_workers(.0))]
@@ -94,6 +106,10 @@ impl Error {
         }
     }
 }
+
+/// The exit code of a run that stopped at a checkpoint when asked to
+/// ([`Error::Stopped`]): 75, `EX_TEMPFAIL`, "try again later".
+pub const EXIT_STOPPED: i32 = 75;
 
 /// A worker that ended badly.
 #[derive(Debug, Clone, PartialEq, Eq)]

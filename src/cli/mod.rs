@@ -126,10 +126,12 @@ pub fn as_flag(e: crate::Error) -> crate::Error {
     }
 }
 
-/// The exit code for an error: 2 for usage or configuration, 1 otherwise.
+/// The exit code for an error: 2 for usage or configuration, 75 for a
+/// run stopped at a checkpoint by a signal, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     match err.downcast_ref::<crate::Error>() {
         Some(e) if e.is_usage() => 2,
+        Some(crate::Error::Stopped { .. }) => crate::base::error::EXIT_STOPPED,
         _ => 1,
     }
 }

@@ -34,6 +34,10 @@ pub struct PretrainArgs {
     /// share of the cores). `batch_size` stays the global N.
     #[arg(long, value_name = "N")]
     pub nproc_per_node: Option<usize>,
+    /// Leave out (and count) image files that fail to decode instead of
+    /// stopping at the first one (the key `skip_undecodable`).
+    #[arg(long)]
+    pub skip_undecodable: bool,
     /// Common options (`--seed` overrides the configuration's `seed`).
     #[command(flatten)]
     pub common: CommonArgs,
@@ -44,6 +48,9 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
     let mut sets = args.sets.clone();
     if let Some(seed) = args.common.seed {
         sets.push(format!("seed={seed}"));
+    }
+    if args.skip_undecodable {
+        sets.push("skip_undecodable=true".into());
     }
     let start = StartRequest {
         config: args.config.clone(),
@@ -101,5 +108,32 @@ fn report(s: &Summary, out: &Path) {
         "wrote {0}/config.toml, {0}/metrics.jsonl, {0}/summary.json, {0}/plots/training.png, {1}",
         out.display(),
         s.checkpoint.display()
+    );
+    print_next(out);
+}
+
+/// The commands that read the run in `out`, as the program was called.
+fn print_next(out: &Path) {
+    let arg0 = std::env::args().next().unwrap_or_default();
+    let eqco = match arg0.contains('/') {
+        true => arg0.as_str(),
+        false => "eqco",
+    };
+    let o = out.display();
+    let ckpt = crate::run::checkpoint::latest_path(&crate::run::checkpoint::dir_of(out));
+    let c = ckpt.display();
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    println!(
+        "\nNext, on {o}:
+  {eqco} eval linear --checkpoint {c}    # linear probe -> {o}/eval/linear.json
+  {eqco} eval knn --checkpoint {c}       # kNN -> {o}/eval/knn.json
+  {eqco} report {o}                       # Markdown table and plots (runs/report/)
+  {eqco} export --checkpoint {c} --out {o}/backbone.safetensors
+  {eqco} embed --checkpoint {c} --split test --out {o}/embeddings/test.npy
+  tensorboard --logdir {} --host 127.0.0.1   # the curves, view pairs and config",
+        parent.display()
     );
 }

@@ -1,11 +1,13 @@
 //! `eqco pretrain --nproc-per-node N`: N workers of this same program on
 //! this machine, with the torchrun variables set (`MASTER_ADDR` 127.0.0.1
 //! and a free port) and the job's random identity (`EQCO_JOB_ID`), which
-//! every worker checks against the store it joins. The launcher forwards SIGINT and SIGTERM to the
-//! workers; when one fails it stops the others and reports which rank
-//! failed and why (each worker writes its error to `EQCO_ERROR_FILE`, as
-//! torchrun's workers do to `TORCHELASTIC_ERROR_FILE`); workers die with
-//! the launcher (`PR_SET_PDEATHSIG`), so none is left behind.
+//! every worker checks against the store it joins. The launcher forwards
+//! SIGTERM, SIGUSR1 and SIGINT (as SIGTERM) to the workers and gives them
+//! 30 s to stop at a checkpoint; when one fails it stops the others and
+//! reports which rank failed and why (each worker writes its error to
+//! `EQCO_ERROR_FILE`, as torchrun's workers do to
+//! `TORCHELASTIC_ERROR_FILE`); workers die with the launcher
+//! (`PR_SET_PDEATHSIG`), so none is left behind.
 
 use std::ffi::OsString;
 use std::net::TcpListener;
@@ -15,12 +17,18 @@ use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::base::error::{Error, Result, WorkerFailure};
+use crate::base::error::{Error, Result, WorkerFailure, EXIT_STOPPED};
 
 pub use super::env::ERROR_FILE;
 
-/// How long stopped workers get before they are killed.
-const GRACE: Duration = Duration::from_secs(10);
+/// How long workers asked to stop (a signal the launcher forwards) get to
+/// finish their step and write a checkpoint before they are killed
+/// (SLURM's default grace is 30 s as well).
+const GRACE: Duration = Duration::from_secs(30);
+
+/// How long the other workers get to end when one failed, before they
+/// are killed (a hung one never answers SIGTERM).
+const FAILED_GRACE: Duration = Duration::from_secs(10);
 
 /// A signal the launcher received (0: none yet).
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
@@ -37,7 +45,11 @@ pub enum Outcome {
     /// Workers failed on their own (not stopped by the launcher), the likely
     /// cause first: one killed by a signal, else the lowest rank.
     Failed(Vec<WorkerFailure>),
-    /// The launcher was interrupted (the signal it received, forwarded).
+    /// Every worker stopped at a checkpoint when asked to (exit code
+    /// [`EXIT_STOPPED`]); the signal the launcher forwarded, if it got one.
+    Stopped(Option<i32>),
+    /// The launcher was interrupted (the signal it received, forwarded),
+    /// and the workers did not all stop at a checkpoint.
     Interrupted(i32),
 }
 
@@ -48,23 +60,19 @@ pub fn launch(nproc: usize, args: &[OsString]) -> Result<Outcome> {
     // The job's identity: every worker checks the store it joins serves it.
     let job = format!("{:016x}", rand::random::<u64>());
     let errors = tempfile::tempdir().map_err(|e| Error::io("a temporary folder", e))?;
-    // SAFETY: installing plain handlers that store an integer.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    for signal in crate::base::signals::STOP_SIGNALS {
+        // SAFETY: installing a plain handler that stores an integer.
+        unsafe {
+            libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+        }
     }
     let mut workers: Vec<Child> = Vec::with_capacity(nproc);
     for rank in 0..nproc {
-        match spawn(
-            &exe,
-            args,
-            (rank, nproc),
-            (&job, port),
-            &error_file(errors.path(), rank),
-        ) {
+        let file = error_file(errors.path(), rank);
+        match spawn(&exe, args, (rank, nproc), (&job, port), &file) {
             Ok(child) => workers.push(child),
             Err(e) => {
-                stop(&mut workers, libc::SIGTERM);
+                stop(&mut workers, libc::SIGTERM, FAILED_GRACE);
                 return Err(e);
             }
         }
@@ -73,54 +81,85 @@ pub fn launch(nproc: usize, args: &[OsString]) -> Result<Outcome> {
     loop {
         let signal = RECEIVED.swap(0, Ordering::SeqCst);
         if signal != 0 {
-            stop(&mut workers, signal);
-            return Ok(Outcome::Interrupted(signal));
+            // SIGINT is forwarded as SIGTERM: Ctrl-C on a terminal also
+            // reaches the workers directly, and a second SIGINT would end
+            // them at once.
+            let forward = match signal {
+                libc::SIGINT => libc::SIGTERM,
+                s => s,
+            };
+            let ended = stop(&mut workers, forward, GRACE);
+            return Ok(match ended.iter().all(|s| s.code() == Some(EXIT_STOPPED)) {
+                true => Outcome::Stopped(Some(signal)),
+                false => Outcome::Interrupted(signal),
+            });
         }
-        for (rank, child) in workers.iter_mut().enumerate() {
-            if done[rank].is_some() {
-                continue;
-            }
-            let status = child
-                .try_wait()
-                .map_err(|e| Error::Internal(format!("waiting for rank {rank}: {e}")))?;
-            if let Some(status) = status {
-                done[rank] = Some(status);
-            }
-        }
+        poll(&mut workers, &mut done)?;
         if done.iter().flatten().any(|s| !s.success()) {
-            // The others fail within moments when a peer dies: give them
-            // that moment, so that the report names every worker that
-            // failed on its own, before stopping the rest.
-            std::thread::sleep(Duration::from_millis(300));
-            for (rank, child) in workers.iter_mut().enumerate() {
-                if done[rank].is_none() {
-                    done[rank] = child.try_wait().ok().flatten();
-                }
-            }
-            stop(&mut workers, libc::SIGTERM);
-            let mut failures: Vec<WorkerFailure> = done
-                .iter()
-                .enumerate()
-                .filter_map(|(rank, s)| s.filter(|s| !s.success()).map(|s| (rank, s)))
-                .map(|(rank, status)| WorkerFailure {
-                    rank,
-                    code: status.code(),
-                    message: std::fs::read_to_string(error_file(errors.path(), rank))
-                        .ok()
-                        .map(|m| m.trim().to_string())
-                        .filter(|m| !m.is_empty())
-                        .unwrap_or_else(|| describe(status)),
-                })
-                .collect();
-            // A signal is the likely first cause; then the lowest rank.
-            failures.sort_by_key(|f| (f.code.is_some(), f.rank));
-            return Ok(Outcome::Failed(failures));
+            return Ok(failed(&mut workers, &mut done, errors.path()));
         }
         if done.iter().all(Option::is_some) {
             return Ok(Outcome::Success);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Records in `done` the workers that have ended.
+fn poll(workers: &mut [Child], done: &mut [Option<ExitStatus>]) -> Result<()> {
+    for (rank, child) in workers.iter_mut().enumerate() {
+        if done[rank].is_none() {
+            done[rank] = child
+                .try_wait()
+                .map_err(|e| Error::Internal(format!("waiting for rank {rank}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// A worker ended badly: the others get a moment to end on their own
+/// (all of [`GRACE`] when the workers are stopping at a checkpoint, which
+/// they do after the same step), so that the report names every worker
+/// that failed on its own; then the rest are stopped.
+fn failed(workers: &mut [Child], done: &mut [Option<ExitStatus>], errors: &Path) -> Outcome {
+    let stopping = |done: &[Option<ExitStatus>]| {
+        done.iter()
+            .flatten()
+            .all(|s| s.success() || s.code() == Some(EXIT_STOPPED))
+    };
+    let wait = match stopping(done) {
+        true => GRACE,
+        false => Duration::from_millis(300),
+    };
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline && done.iter().any(Option::is_none) {
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = poll(workers, done);
+    }
+    if done
+        .iter()
+        .all(|s| s.is_some_and(|s| s.code() == Some(EXIT_STOPPED)))
+    {
+        return Outcome::Stopped(None);
+    }
+    stop(workers, libc::SIGTERM, FAILED_GRACE);
+    let mut failures: Vec<WorkerFailure> = done
+        .iter()
+        .enumerate()
+        .filter_map(|(rank, s)| s.filter(|s| !s.success()).map(|s| (rank, s)))
+        .map(|(rank, status)| WorkerFailure {
+            rank,
+            code: status.code(),
+            message: std::fs::read_to_string(error_file(errors, rank))
+                .ok()
+                .map(|m| m.trim().to_string())
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| describe(status)),
+        })
+        .collect();
+    // A signal is the likely first cause; then the lowest rank.
+    failures.sort_by_key(|f| (f.code.is_some(), f.rank));
+    Outcome::Failed(failures)
 }
 
 fn error_file(dir: &Path, rank: usize) -> PathBuf {
@@ -157,9 +196,9 @@ fn spawn(
     cmd.spawn().map_err(|e| Error::io(exe, e))
 }
 
-/// Sends `signal` to the workers still running, waits up to [`GRACE`],
-/// then kills what is left.
-fn stop(workers: &mut [Child], signal: i32) {
+/// Sends `signal` to the workers still running, waits up to `grace`,
+/// then kills what is left; how each worker ended.
+fn stop(workers: &mut [Child], signal: i32, grace: Duration) -> Vec<ExitStatus> {
     for child in workers.iter_mut() {
         if let Ok(None) = child.try_wait() {
             // SAFETY: signalling a child process we own.
@@ -168,17 +207,20 @@ fn stop(workers: &mut [Child], signal: i32) {
             }
         }
     }
-    let deadline = Instant::now() + GRACE;
+    let deadline = Instant::now() + grace;
     while Instant::now() < deadline && workers.iter_mut().any(|c| matches!(c.try_wait(), Ok(None)))
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    for child in workers.iter_mut() {
-        if let Ok(None) = child.try_wait() {
-            let _ = child.kill();
-        }
-        let _ = child.wait();
-    }
+    workers
+        .iter_mut()
+        .filter_map(|child| {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            child.wait().ok()
+        })
+        .collect()
 }
 
 /// How a worker that left no error file ended.

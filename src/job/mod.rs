@@ -17,6 +17,7 @@ use crate::dist::env::{self as denv, worker_device, DeviceRequest};
 use crate::dist::launch::{launch, Outcome};
 use crate::dist::{Env, World};
 use crate::run::folder::{RunStart, StartRequest};
+use crate::run::lock::RunLock;
 use crate::run::PretrainConfig;
 use crate::train::{Summary, TrainOptions};
 
@@ -113,6 +114,10 @@ impl Job {
     /// why, and the error names this rank.
     pub fn run<T>(&self, work: impl FnOnce(&Job) -> Result<T>) -> anyhow::Result<T> {
         work(self).map_err(|e| {
+            if matches!(e, Error::Stopped { .. }) {
+                // Every rank stopped after the same step: nobody to tell.
+                return anyhow::Error::from(e);
+            }
             let mut err = anyhow::Error::from(e);
             let world = &self.world;
             if world.size > 1 && !format!("{err:#}").contains(&format!("rank {}", world.rank)) {
@@ -162,13 +167,12 @@ pub fn pretrain(run: &RunStart, req: &Request) -> anyhow::Result<Ended> {
     // Bad device or backend settings fail before anything is written.
     let device = parse_device(&req.device)?;
     run.config.dist.dist_backend.resolve(device)?;
-    // The process that will write the run folder (this one, the launcher
-    // of workers, or rank 0 of a job) refuses one that holds a run, unless
-    // the run resumes on its own.
-    if !run.auto && env.as_ref().is_none_or(|e| e.rank == 0) {
-        run.check_out()?;
-    }
     if let Some(n) = workers_to_launch(req, env.as_ref())? {
+        // The launcher refuses a folder that holds a run before it starts
+        // anything (rank 0 checks again, under the folder's lock).
+        if !run.auto {
+            run.check_out()?;
+        }
         run.config.validate_world(n)?;
         if device.is_cuda() {
             // Every worker's GPU exists (the last one's is the highest).
@@ -178,13 +182,38 @@ pub fn pretrain(run: &RunStart, req: &Request) -> anyhow::Result<Ended> {
         launch_workers(n)?;
         return Ok(Ended::Launched);
     }
+    // From here on a stop signal ends the run at a checkpoint.
+    crate::base::signals::catch_stop_signals(env.as_ref().is_none_or(|e| e.rank == 0));
     let job = Job::join(req, &run.config, env.as_ref())?;
     let opts = job.train_options(&run.out, run.resume, std::io::stderr().is_terminal());
-    let summary = job.run(|_| crate::train::pretrain(&run.config, &opts))?;
+    let summary = job.run(|job| {
+        let _lock = own_folder(run, job)?;
+        crate::train::pretrain(&run.config, &opts)
+    })?;
     Ok(Ended::Trained {
         summary: Box::new(summary),
         main: job.world.is_main(),
     })
+}
+
+/// Rank 0 takes the run folder's lock before it writes anything, then
+/// refuses a folder that holds a run (unless the run resumes on its own):
+/// of two starts into one folder, exactly one runs.
+fn own_folder(run: &RunStart, job: &Job) -> Result<Option<RunLock>> {
+    if !job.world.is_main() {
+        return Ok(None);
+    }
+    let lock = RunLock::acquire(&run.out)?;
+    if let Some(before) = &lock.took_over {
+        eprintln!(
+            "pretrain: took over {} from {before}: that process has ended",
+            lock.path.display()
+        );
+    }
+    if !run.auto {
+        run.check_out()?;
+    }
+    Ok(Some(lock))
 }
 
 /// The workers this process should start: `--nproc-per-node` above 1,
@@ -221,6 +250,12 @@ fn launch_workers(n: usize) -> anyhow::Result<()> {
     match launch(n, &args)? {
         Outcome::Success => Ok(()),
         Outcome::Failed(failures) => Err(Error::Workers(failures).into()),
+        Outcome::Stopped(signal) => {
+            let why =
+                signal.map_or_else(|| "a stop signal".to_string(), crate::base::signals::name);
+            eprintln!("eqco: all {n} workers stopped at a checkpoint after {why}; --resume auto continues the run");
+            std::process::exit(crate::base::error::EXIT_STOPPED);
+        }
         Outcome::Interrupted(signal) => {
             eprintln!("eqco: stopped all {n} workers after signal {signal}");
             std::process::exit(128 + signal);

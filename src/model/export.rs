@@ -55,6 +55,10 @@ fn dtype(kind: Kind) -> Result<safetensors::Dtype> {
         Kind::BFloat16 => safetensors::Dtype::BF16,
         Kind::Int64 => safetensors::Dtype::I64,
         Kind::Int => safetensors::Dtype::I32,
+        Kind::Int16 => safetensors::Dtype::I16,
+        Kind::Int8 => safetensors::Dtype::I8,
+        Kind::Uint8 => safetensors::Dtype::U8,
+        Kind::Bool => safetensors::Dtype::BOOL,
         other => return Err(Error::Internal(format!("cannot export a {other:?} tensor"))),
     })
 }

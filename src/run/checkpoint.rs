@@ -20,6 +20,7 @@ use super::folder::run_config;
 use crate::base::device::Compute;
 use crate::base::error::{Error, Result};
 use crate::base::seed::with_torch_seed;
+use crate::model::export::write_safetensors;
 use crate::model::state::load_named;
 use crate::model::{Encoder, Norm, ResNet};
 
@@ -62,31 +63,95 @@ pub fn run_of(file: &Path) -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Writes `tensors` and `pos` to `step-<step>.safetensors` and `latest.safetensors` in `dir`.
+/// Writes `tensors` and `pos` to `step-<step>.safetensors` and
+/// `latest.safetensors` in `dir`. The file is written whole to a temporary
+/// name, synced and renamed; on failure (a full disk) nothing new is left
+/// behind, the error says what the OS said, and the checkpoints before
+/// stay as they were.
 pub fn save(dir: &Path, pos: Position, tensors: Vec<(String, Tensor)>) -> Result<PathBuf> {
     crate::base::io::create_dir(dir)?;
-    let mut all: Vec<(String, Tensor)> = tensors
-        .into_iter()
-        .map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu).contiguous()))
-        .collect();
+    let mut all = tensors;
     for (name, v) in META.iter().zip([pos.step, pos.epoch, pos.batch]) {
         all.push((name.to_string(), Tensor::from_slice(&[v as i64])));
     }
     let path = step_path(dir, pos.step);
-    let tmp = dir.join(format!(".checkpoint.{}.tmp", std::process::id()));
-    Tensor::write_safetensors(&all, &tmp).map_err(|e| Error::Data {
-        path: path.clone(),
-        message: format!("writing the checkpoint failed: {e}"),
-    })?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    write_safetensors(&all, HashMap::new(), &path)?;
     let latest = latest_path(dir);
     let tmp_latest = dir.join(format!(".latest.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp_latest);
     std::fs::hard_link(&path, &tmp_latest)
         .or_else(|_| std::fs::copy(&path, &tmp_latest).map(|_| ()))
-        .map_err(|e| Error::io(&latest, e))?;
-    std::fs::rename(&tmp_latest, &latest).map_err(|e| Error::io(&latest, e))?;
+        .and_then(|_| std::fs::rename(&tmp_latest, &latest))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp_latest);
+            Error::io(&latest, e)
+        })?;
     Ok(path)
+}
+
+/// Whether `dir` holds a checkpoint (`latest` or a `step-<step>` one).
+pub fn exists(dir: &Path) -> bool {
+    latest_path(dir).is_file() || steps(dir).is_ok_and(|s| !s.is_empty())
+}
+
+/// The `step-<step>` checkpoints in `dir`, by step.
+pub fn steps(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let step = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("step-")?.strip_suffix(".safetensors"))
+            .and_then(|s| s.parse::<u64>().ok());
+        if let Some(step) = step {
+            found.push((step, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Removes the `step-<step>` checkpoints of `dir` that `keeps(step,
+/// newer)` lets go (`newer`: how many are newer); returns them.
+pub fn prune(dir: &Path, keeps: impl Fn(u64, usize) -> bool) -> Result<Vec<PathBuf>> {
+    let all = steps(dir)?;
+    let mut removed = Vec::new();
+    for (newer, (step, path)) in all.into_iter().rev().enumerate() {
+        if !keeps(step, newer) {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// The newest checkpoint of `dir` that reads whole: `latest`, else the
+/// `step-<step>` ones from the newest; with the files passed over, and why.
+pub fn newest_whole(dir: &Path) -> Result<(Checkpoint, Vec<(PathBuf, String)>)> {
+    let mut candidates = vec![latest_path(dir)];
+    candidates.extend(
+        steps(dir)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .map(|(_, p)| p),
+    );
+    let mut passed = Vec::new();
+    for file in candidates.into_iter().filter(|f| f.is_file()) {
+        match Checkpoint::read(&file) {
+            Ok(c) => return Ok((c, passed)),
+            Err(e) => passed.push((file, e.to_string())),
+        }
+    }
+    let why: Vec<String> = passed.iter().map(|(_, e)| e.clone()).collect();
+    Err(Error::Data {
+        path: dir.to_path_buf(),
+        message: match why.is_empty() {
+            true => "holds no checkpoint to resume from".into(),
+            false => format!("no checkpoint here reads whole: {}", why.join("; ")),
+        },
+    })
 }
 
 /// Reads a checkpoint: its tensors by name, and its position.

@@ -76,7 +76,7 @@ impl RunStart {
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs/pretrain"));
         let auto = auto_flag || restarted || config.monitor.resume == ResumeMode::Auto;
-        if auto && checkpoint::latest_path(&checkpoint::dir_of(&out)).is_file() {
+        if auto && checkpoint::exists(&checkpoint::dir_of(&out)) {
             return Ok(RunStart::new(run_config(&out, &req.sets)?, out, true, true));
         }
         Ok(RunStart::new(config, out, false, auto))

@@ -18,13 +18,20 @@ pub enum ResumeMode {
     Auto,
 }
 
-/// The keys `checkpoint_every`, `knn_every`, `knn_k`, `knn_tau`,
-/// `knn_bank`, `log_every`, `tensorboard` and `resume`.
+/// The keys `checkpoint_every`, `keep_checkpoints`, `keep_every`,
+/// `knn_every`, `knn_k`, `knn_tau`, `knn_bank`, `log_every`, `tensorboard`
+/// and `resume`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorConfig {
     /// Write a checkpoint every this many steps (0: only at epoch ends).
     pub checkpoint_every: usize,
+    /// Keep the newest this many `step-<step>` checkpoints (0: every one);
+    /// an older one is removed only once a newer one is complete.
+    pub keep_checkpoints: usize,
+    /// Also keep, for good, every checkpoint whose step is a multiple of
+    /// this (0: none), e.g. the steps of an epoch to keep one an epoch.
+    pub keep_every: usize,
     /// Run the kNN monitor every this many epochs (0: never); its top-1 goes
     /// into `metrics.jsonl` as `knn_top1` on the epoch's last line.
     pub knn_every: usize,
@@ -52,6 +59,8 @@ impl Default for MonitorConfig {
     fn default() -> Self {
         MonitorConfig {
             checkpoint_every: 0,
+            keep_checkpoints: 3,
+            keep_every: 0,
             knn_every: 0,
             knn_k: 200,
             knn_tau: 0.1,
@@ -95,6 +104,14 @@ impl MonitorConfig {
     pub fn log_every(&self, device: tch::Device) -> usize {
         self.log_every
             .unwrap_or(if device.is_cuda() { 10 } else { 1 })
+    }
+
+    /// Whether the checkpoint of `step` is kept when the newest `newer`
+    /// others are (retention: `keep_checkpoints` and `keep_every`).
+    pub fn keeps(&self, step: u64, newer: usize) -> bool {
+        self.keep_checkpoints == 0
+            || newer < self.keep_checkpoints
+            || (self.keep_every > 0 && step % self.keep_every as u64 == 0)
     }
 
     /// Whether a checkpoint is due after `step` steps (besides epoch ends).

@@ -80,6 +80,8 @@ pub struct Pending {
     /// The loader wait up to the previous read.
     waited: Duration,
     reads: u64,
+    /// Whether some rank asked to stop, as of the last read.
+    stop: bool,
     /// The ranks whose figures are averaged with this one's.
     group: Option<Arc<Group>>,
 }
@@ -96,6 +98,7 @@ impl Pending {
             since: Instant::now(),
             waited: Duration::ZERO,
             reads: 0,
+            stop: false,
             group,
         }
     }
@@ -113,6 +116,12 @@ impl Pending {
     /// Whether the window is full and should be read.
     pub fn is_due(&self) -> bool {
         self.steps.len() >= self.every
+    }
+
+    /// Whether a rank had been asked to stop (a stop signal) at the last
+    /// read: the same answer on every rank, after the same step.
+    pub fn stop_agreed(&self) -> bool {
+        self.stop
     }
 
     /// How many reads (device-to-host transfers) have been made.
@@ -145,7 +154,16 @@ impl Pending {
             })
             .map(|t| t.detach().to_kind(Kind::Double))
             .collect();
-        let mut figures = Tensor::stack(&figures, 0);
+        // Whether this rank was asked to stop travels with the figures, so
+        // that the ranks agree on it without a collective of its own.
+        let asked = f64::from(u8::from(crate::base::signals::requested().is_some()));
+        let mut figures = Tensor::cat(
+            &[
+                Tensor::stack(&figures, 0),
+                Tensor::from_slice(&[asked]).to_device(figures[0].device()),
+            ],
+            0,
+        );
         if let Some(group) = &self.group {
             group.all_reduce_sum(&figures)?;
             figures /= group.size as f64;
@@ -153,6 +171,7 @@ impl Pending {
         let values = Vec::<f64>::try_from(figures.to_device(Device::Cpu))
             .expect("a 1-D float64 tensor converts");
         self.reads += 1;
+        self.stop = values[values.len() - 1] > 0.0;
         let now = Instant::now();
         let seconds = now.duration_since(self.since).as_secs_f64();
         self.since = now;

@@ -14,13 +14,14 @@ use super::record::Record;
 use super::step::Step;
 use super::summary::Summary;
 use crate::base::device::Compute;
-use crate::base::error::Result;
+use crate::base::error::{Error, Result};
 use crate::base::io::atomic_write;
+use crate::base::signals;
 use crate::data::{Dataset, Loader, LoaderConfig, TwoViewBatch};
 use crate::dist::World;
 use crate::method::{self, MethodName, Shape};
 use crate::optim::learning_rate;
-use crate::run::checkpoint::{self, Checkpoint, Position};
+use crate::run::checkpoint::{self, Position};
 use crate::run::metrics::tail_mean;
 use crate::run::PretrainConfig;
 
@@ -100,6 +101,13 @@ impl<'a> Trainer<'a> {
         }
         tch::set_num_threads(opts.threads as i32);
         let (dataset, loader) = open_loader(cfg, opts, compute)?;
+        if let Some((first, why)) = dataset.skipped.first().filter(|_| main) {
+            eprintln!(
+                "pretrain: left out {} undecodable image(s) (skip_undecodable), the first {}: {why}",
+                dataset.skipped.len(),
+                first.display()
+            );
+        }
         let steps_per_epoch = loader.batches_per_epoch();
         let monitor = match cfg.monitor.knn_every > 0 && main {
             true => Some(KnnMonitor::new(
@@ -175,9 +183,13 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Loads `latest.safetensors` into the method and the optimizer.
+    /// Loads the newest checkpoint that reads whole (`latest.safetensors`,
+    /// else the newest `step-<step>` one) into the method and the optimizer.
     fn load_latest(&mut self) -> Result<()> {
-        let ckpt = Checkpoint::read(&checkpoint::latest_path(&self.ckpt_dir))?;
+        let (ckpt, passed) = checkpoint::newest_whole(&self.ckpt_dir)?;
+        for (file, why) in passed.iter().filter(|_| self.main) {
+            eprintln!("pretrain: passed over {}: {why}", file.display());
+        }
         self.step.restore(&ckpt)?;
         let pos = ckpt.pos;
         self.pos = pos;
@@ -257,6 +269,7 @@ impl<'a> Trainer<'a> {
             };
             self.log()?;
             self.checkpoint()?;
+            self.stop_if_asked()?;
         }
         self.log()?;
         if self.saved != Some(self.pos.step) {
@@ -295,6 +308,7 @@ impl<'a> Trainer<'a> {
             if checkpoint_due {
                 self.checkpoint()?;
             }
+            self.stop_if_asked()?;
         }
         self.data_wait += batches.waited();
         Ok(true)
@@ -359,11 +373,35 @@ impl<'a> Trainer<'a> {
         self.opts.world.barrier()
     }
 
-    /// Rank 0 writes a checkpoint of where the run stands; every rank waits
-    /// until it is written.
+    /// When the ranks agreed to stop (a stop signal): a checkpoint of
+    /// where the run stands, unless one was just written, then
+    /// [`Error::Stopped`].
+    fn stop_if_asked(&mut self) -> Result<()> {
+        if !self.pending.stop_agreed() {
+            return Ok(());
+        }
+        if self.saved != Some(self.pos.step) {
+            self.checkpoint()?;
+        }
+        self.record.bar.finish_and_clear();
+        Err(Error::Stopped {
+            signal: signals::requested()
+                .map_or_else(|| "another rank's stop signal".into(), signals::name),
+            step: self.pos.step,
+            checkpoint: self.last_ckpt.clone(),
+        })
+    }
+
+    /// Rank 0 writes a checkpoint of where the run stands and lets go of
+    /// those retention does not keep; every rank waits until it is written.
     fn checkpoint(&mut self) -> Result<()> {
         let path = match self.main {
-            true => checkpoint::save(&self.ckpt_dir, self.pos, self.step.state())?,
+            true => {
+                let path = checkpoint::save(&self.ckpt_dir, self.pos, self.step.state())?;
+                let monitor = &self.cfg.monitor;
+                checkpoint::prune(&self.ckpt_dir, |step, newer| monitor.keeps(step, newer))?;
+                path
+            }
             false => checkpoint::step_path(&self.ckpt_dir, self.pos.step),
         };
         self.opts.world.barrier()?;
