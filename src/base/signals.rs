@@ -73,3 +73,28 @@ pub fn name(signal: i32) -> String {
         s => format!("signal {s}"),
     }
 }
+
+/// Runs `f` and then gives the stop signals back the actions they had
+/// before it, forgetting any signal received: for a host that keeps the
+/// process (the Python package), whose own SIGINT handler must return.
+pub fn restored_after<T>(f: impl FnOnce() -> T) -> T {
+    let mut before: Vec<libc::sigaction> = Vec::with_capacity(STOP_SIGNALS.len());
+    for signal in STOP_SIGNALS {
+        // SAFETY: reading the current action into a zeroed struct.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut old);
+            before.push(old);
+        }
+    }
+    let out = f();
+    for (signal, old) in STOP_SIGNALS.iter().zip(&before) {
+        // SAFETY: restoring an action read above.
+        unsafe {
+            libc::sigaction(*signal, old, std::ptr::null_mut());
+        }
+    }
+    RECEIVED.store(0, Ordering::SeqCst);
+    INTERRUPTS.store(0, Ordering::SeqCst);
+    out
+}

@@ -100,6 +100,32 @@ impl CommonArgs {
     }
 }
 
+/// The whole program on `args` (the program's name first): parses them
+/// (a usage error or `--help` prints and exits, as clap does), runs the
+/// command, prints an error as one `error:` line, and returns the exit code
+/// (0, 1, 2, or 75 for a run stopped at a checkpoint). The `eqco` binary
+/// and the Python package's `eqco` command both are this.
+pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    crate::job::set_command_line(args.clone());
+    let cli = Cli::parse_from(args);
+    let Err(err) = run(cli) else {
+        return 0;
+    };
+    let code = exit_code(&err);
+    if code == crate::base::error::EXIT_STOPPED {
+        // Every rank stopped alike: rank 0 says so.
+        if !matches!(std::env::var("RANK").as_deref(), Ok(r) if r != "0") {
+            eprintln!("pretrain: {err:#}");
+        }
+    } else {
+        // A worker started by a launcher also tells it why it failed.
+        crate::dist::env::record_error(&format!("{err:#}"));
+        eprintln!("error: {err:#}");
+    }
+    code
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -30,6 +30,10 @@ const GRACE: Duration = Duration::from_secs(30);
 /// are killed (a hung one never answers SIGTERM).
 const FAILED_GRACE: Duration = Duration::from_secs(10);
 
+/// Set by the Python package's `eqco` command to its interpreter
+/// (`sys.executable`): workers are started as `<it> -m eqco …`.
+pub const PYTHON_MODULE: &str = "EQCO_PYTHON_MODULE";
+
 /// A signal the launcher received (0: none yet).
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
@@ -175,7 +179,16 @@ fn spawn(
     (job, port): (&str, u16),
     error_file: &Path,
 ) -> Result<Child> {
-    let mut cmd = Command::new(exe);
+    let mut cmd = match std::env::var_os(PYTHON_MODULE) {
+        // The Python package's `eqco` command: `python -m eqco` (the
+        // venv's interpreter, which /proc/self/exe would not name).
+        Some(python) => {
+            let mut cmd = Command::new(python);
+            cmd.args(["-m", "eqco"]);
+            cmd
+        }
+        None => Command::new(exe),
+    };
     cmd.args(args)
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", nproc.to_string())

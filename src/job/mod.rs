@@ -230,13 +230,27 @@ fn workers_to_launch(req: &Request, env: Option<&Env>) -> Result<Option<usize>> 
     }
 }
 
+/// The command line this process runs, when it is not the process's own
+/// (the Python package's `eqco` command runs inside the interpreter).
+static COMMAND_LINE: std::sync::OnceLock<Vec<OsString>> = std::sync::OnceLock::new();
+
+/// Records the command line (the program's name first) that workers of
+/// `--nproc-per-node` repeat; without it, the process's own arguments.
+pub fn set_command_line(args: Vec<OsString>) {
+    let _ = COMMAND_LINE.set(args);
+}
+
 /// Runs this command line as `n` workers (without `--nproc-per-node`) and
 /// reports how they ended; a signal that stopped them ends this process
 /// with `128 + signal`.
 fn launch_workers(n: usize) -> anyhow::Result<()> {
     let mut args: Vec<OsString> = Vec::new();
     let mut skip = false;
-    for a in std::env::args_os().skip(1) {
+    let line = COMMAND_LINE
+        .get()
+        .cloned()
+        .unwrap_or_else(|| std::env::args_os().collect());
+    for a in line.into_iter().skip(1) {
         if skip {
             skip = false;
             continue;

@@ -47,6 +47,60 @@ pub fn torchvision_state(
     Ok(out)
 }
 
+/// The architecture of torchvision names: `(arch, stem kernel, in channels, stem width)`.
+pub fn architecture(tensors: &[(String, tch::Tensor)]) -> Result<(String, i64, i64, i64)> {
+    let conv1 = tensors
+        .iter()
+        .find(|(n, _)| n == "conv1.weight")
+        .map(|(_, t)| t.size())
+        .ok_or_else(|| Error::Internal("no conv1.weight".into()))?;
+    let blocks: Vec<usize> = (1..=4)
+        .map(|l| {
+            let prefix = format!("layer{l}.");
+            let mut ids: Vec<&str> = tensors
+                .iter()
+                .filter_map(|(n, _)| n.strip_prefix(&prefix)?.split('.').next())
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.len()
+        })
+        .collect();
+    let bottleneck = tensors.iter().any(|(n, _)| n.ends_with(".conv3.weight"));
+    let arch = match (blocks.as_slice(), bottleneck) {
+        ([1, 1, 1, 1], false) => "resnet10",
+        ([2, 2, 2, 2], false) => "resnet18",
+        ([3, 4, 6, 3], false) => "resnet34",
+        ([3, 4, 6, 3], true) => "resnet50",
+        _ => "resnet",
+    };
+    Ok((arch.to_string(), conv1[2], conv1[1], conv1[0]))
+}
+
+/// The metadata an export carries, read off its torchvision-named
+/// `tensors`: `format`, `layout`, `arch`, `stem` (`small` or `imagenet`),
+/// `width` (the multiplier), `in_channels` and `step`.
+pub fn torchvision_metadata(
+    tensors: &[(String, Tensor)],
+    step: u64,
+) -> Result<HashMap<String, String>> {
+    let (arch, kernel, channels, stem_width) = architecture(tensors)?;
+    let stem = if kernel == 3 { "small" } else { "imagenet" };
+    let width = stem_width as f64 / 64.0;
+    Ok([
+        ("format", "pt".to_string()),
+        ("layout", "torchvision.models.resnet".to_string()),
+        ("arch", arch),
+        ("stem", stem.to_string()),
+        ("width", width.to_string()),
+        ("in_channels", channels.to_string()),
+        ("step", step.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect())
+}
+
 fn dtype(kind: Kind) -> Result<safetensors::Dtype> {
     Ok(match kind {
         Kind::Float => safetensors::Dtype::F32,
