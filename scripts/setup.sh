@@ -35,6 +35,9 @@ pip_pin() {
 pip_pin tensorboard 2.21.0
 pip_pin torchvision 0.26.0
 pip_pin safetensors 0.8.0
+# The Python package's build backend and its tests (python/, scripts/test.sh).
+pip_pin maturin 1.9.4
+pip_pin pytest 8.4.2
 
 # Debian packages: `apt_install PACKAGE FILE` installs PACKAGE when FILE is
 # missing (apt as root, else sudo).

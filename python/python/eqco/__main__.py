@@ -1,0 +1,4 @@
+"""``python -m eqco``: the ``eqco`` command."""
+from ._cli import main
+
+main()
