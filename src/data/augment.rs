@@ -375,7 +375,10 @@ impl Recipe {
         let size = self.size();
         assert_eq!(out.len(), self.view_len(), "output buffer length");
         let bx = match self.crop {
-            Crop::RandomResized(c) => c.params(img.width, img.height, rng),
+            Crop::RandomResized(c) => {
+                let b = c.params(img.width, img.height, rng);
+                [b.x, b.y, b.w, b.h].map(f64::from)
+            }
             Crop::Center { size, resize } => center_box(img.width, img.height, size, resize),
         };
         let resized = resize(img, bx, size)?;
@@ -424,21 +427,30 @@ impl Recipe {
     }
 }
 
-/// The source box that "resize the shorter side to `resize`, centre-crop
-/// `size`" reads.
-fn center_box(width: u32, height: u32, size: u32, resize: u32) -> CropBox {
-    let short = width.min(height) as f64;
-    let side = (size as f64 * short / resize as f64)
-        .round()
-        .clamp(1.0, short) as u32;
-    let w = side.min(width);
-    let h = side.min(height);
-    CropBox {
-        x: (width - w) / 2,
-        y: (height - h) / 2,
-        w,
-        h,
-    }
+/// The source region `[x, y, w, h]` (fractional) that torchvision's
+/// `Resize(resize)` then `CenterCrop(size)` read: the shorter side scaled
+/// to `resize` and the longer to `⌊resize·long/short⌋` (an image whose
+/// shorter side is `resize` already is left as it is), then the central
+/// `size × size`, its offsets rounded half to even as Python's `round`.
+/// Resampling this region to `size × size` in one pass gives the pixels of
+/// the two steps (the filter reads beyond the region, as PIL's does).
+fn center_box(width: u32, height: u32, size: u32, resize: u32) -> [f64; 4] {
+    let (w, h, size) = (width as f64, height as f64, size as f64);
+    let r = resize as f64;
+    let (new_w, new_h) = match (width.min(height) == resize, width <= height) {
+        (true, _) => (w, h),
+        (false, true) => (r, (r * h / w).floor()),
+        (false, false) => ((r * w / h).floor(), r),
+    };
+    let (sx, sy) = (w / new_w, h / new_h);
+    let left = ((new_w - size) / 2.0).round_ties_even().max(0.0);
+    let top = ((new_h - size) / 2.0).round_ties_even().max(0.0);
+    [
+        left * sx,
+        top * sy,
+        size.min(new_w) * sx,
+        size.min(new_h) * sy,
+    ]
 }
 
 thread_local! {
@@ -447,9 +459,9 @@ thread_local! {
     static PLANAR: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Crops `bx` out of `img` and resizes it to `size × size` (bilinear with
-/// antialiasing, as PIL), keeping the channel count.
-fn resize(img: &Image, bx: CropBox, size: u32) -> Result<Image> {
+/// Resamples the region `[x, y, w, h]` of `img` (fractional) to `size ×
+/// size` (bilinear with antialiasing, as PIL), keeping the channel count.
+fn resize(img: &Image, [x, y, w, h]: [f64; 4], size: u32) -> Result<Image> {
     let pt = if img.channels == 3 {
         PixelType::U8x3
     } else {
@@ -464,7 +476,7 @@ fn resize(img: &Image, bx: CropBox, size: u32) -> Result<Image> {
     let mut dst = FirImage::new(size, size, pt);
     let opts = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-        .crop(bx.x as f64, bx.y as f64, bx.w as f64, bx.h as f64);
+        .crop(x, y, w, h);
     RESIZER
         .with(|r| r.borrow_mut().resize(&src, &mut dst, &opts))
         .map_err(|e| Error::config("image", format!("resize failed: {e}")))?;
@@ -701,5 +713,30 @@ pub fn gaussian_blur(x: &mut [f32], side: usize, sigma: f32, k: usize) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::center_box;
+
+    /// torchvision's `Resize(resize)` + `CenterCrop(size)`, worked by hand:
+    /// the resized sides, the crop's offsets (Python's `round`, half to
+    /// even), mapped back to the source.
+    #[test]
+    fn the_centre_box_is_torchvisions_resize_then_crop() {
+        // 23×20 to 16: resized 18×16 (⌊16·23/20⌋ = 18), left round(1.0) = 1.
+        let [x, y, w, h] = center_box(23, 20, 16, 16);
+        let sx = 23.0 / 18.0;
+        assert_eq!([x, y, w, h], [sx, 0.0, 16.0 * sx, 20.0]);
+        // 20×30 to 18 then 16: resized 18×27, offsets round(1.0) = 1 and
+        // round(5.5) = 6 (half to even).
+        let [x, y, w, h] = center_box(20, 30, 16, 18);
+        let (sx, sy) = (20.0 / 18.0, 30.0 / 27.0);
+        assert_eq!([x, y, w, h], [sx, 6.0 * sy, 16.0 * sx, 16.0 * sy]);
+        // A shorter side already at `resize` is not resampled: a plain crop,
+        // offsets round(3.5) = 4 and 0.
+        assert_eq!(center_box(23, 16, 16, 16), [4.0, 0.0, 16.0, 16.0]);
+        assert_eq!(center_box(16, 16, 16, 16), [0.0, 0.0, 16.0, 16.0]);
     }
 }
