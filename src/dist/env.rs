@@ -339,17 +339,59 @@ impl DeviceRequest {
     }
 }
 
+/// What started the workers of a machine: it decides whether one visible
+/// GPU is each worker's own (SLURM binds a GPU to each task) or one GPU
+/// they would all share, and names itself in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launcher {
+    /// `eqco pretrain --nproc-per-node N`.
+    Eqco,
+    /// torchrun (`TORCHELASTIC_RUN_ID`).
+    Torchrun,
+    /// srun's tasks (`SLURM_PROCID`, through `scripts/slurm.sh`).
+    Slurm,
+    /// Launcher variables set some other way.
+    Other,
+}
+
+impl Launcher {
+    /// The launcher of this process, from its variables.
+    pub fn of(get: impl Fn(&str) -> Option<String>) -> Launcher {
+        if get("TORCHELASTIC_RUN_ID").is_some() {
+            Launcher::Torchrun
+        } else if get(JOB_ID).is_some() {
+            Launcher::Eqco
+        } else if get("SLURM_PROCID").is_some() {
+            Launcher::Slurm
+        } else {
+            Launcher::Other
+        }
+    }
+
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Launcher::Eqco => "eqco --nproc-per-node",
+            Launcher::Torchrun => "torchrun",
+            Launcher::Slurm => "srun",
+            Launcher::Other => "the launcher",
+        }
+    }
+}
+
 /// The device of worker `local_rank` of `local_world_size` on a machine
-/// where `visible` GPUs are visible to it:
+/// where `visible` GPUs are visible to it, its workers started by `launcher`:
 /// - `cuda` with at least `local_world_size` GPUs → `cuda:LOCAL_RANK`;
-/// - `cuda` with one GPU visible (SLURM's `--gpus-per-task=1`) → `cuda:0`;
+/// - `cuda` with one GPU visible under srun (`--gpus-per-task=1`: each
+///   task's own) → `cuda:0`;
 /// - `cuda:N` with several local workers → refused (one GPU for all);
-/// - fewer GPUs than local workers → refused, naming both counts.
+/// - fewer GPUs than local workers → refused, naming the launcher, both
+///   counts and `CUDA_VISIBLE_DEVICES` (NCCL would stop at "Duplicate GPU").
 pub fn worker_device(
     request: DeviceRequest,
-    local_rank: usize,
-    local_world_size: usize,
+    (local_rank, local_world_size): (usize, usize),
     visible: usize,
+    launcher: Launcher,
 ) -> Result<Device> {
     match request {
         DeviceRequest::Cpu => Ok(Device::Cpu),
@@ -369,11 +411,13 @@ pub fn worker_device(
             "cuda, but no CUDA GPU is visible to this worker; use --device cpu",
         )),
         DeviceRequest::AnyGpu if visible >= local_world_size => Ok(Device::Cuda(local_rank)),
-        DeviceRequest::AnyGpu if visible == 1 => Ok(Device::Cuda(0)),
+        DeviceRequest::AnyGpu if visible == 1 && launcher == Launcher::Slurm => Ok(Device::Cuda(0)),
         DeviceRequest::AnyGpu => Err(Error::config(
             "LOCAL_WORLD_SIZE",
             format!(
-                "{local_world_size} workers on this machine, one per GPU, but {visible} GPU(s) are visible"
+                "{} started {local_world_size} workers on this machine, one per GPU, but {visible} GPU(s) are visible (CUDA_VISIBLE_DEVICES={}): start at most {visible} worker(s) here, or make more GPUs visible",
+                launcher.name(),
+                std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())
             ),
         )),
     }
@@ -613,26 +657,70 @@ mod tests {
     #[test]
     fn gpus_are_mapped_from_the_local_rank() {
         use DeviceRequest::*;
+        use Launcher::*;
         // cuda with at least LOCAL_WORLD_SIZE GPUs: cuda:LOCAL_RANK.
-        assert_eq!(worker_device(AnyGpu, 3, 4, 8).unwrap(), Device::Cuda(3));
-        assert_eq!(worker_device(AnyGpu, 1, 2, 2).unwrap(), Device::Cuda(1));
-        assert_eq!(worker_device(AnyGpu, 0, 1, 4).unwrap(), Device::Cuda(0));
-        // One GPU visible (--gpus-per-task=1): cuda:0.
-        assert_eq!(worker_device(AnyGpu, 5, 8, 1).unwrap(), Device::Cuda(0));
+        assert_eq!(
+            worker_device(AnyGpu, (3, 4), 8, Torchrun).unwrap(),
+            Device::Cuda(3)
+        );
+        assert_eq!(
+            worker_device(AnyGpu, (1, 2), 2, Eqco).unwrap(),
+            Device::Cuda(1)
+        );
+        assert_eq!(
+            worker_device(AnyGpu, (0, 1), 4, Other).unwrap(),
+            Device::Cuda(0)
+        );
+        // One GPU visible to each srun task (--gpus-per-task=1): cuda:0.
+        assert_eq!(
+            worker_device(AnyGpu, (5, 8), 1, Slurm).unwrap(),
+            Device::Cuda(0)
+        );
+        // One GPU shared by several workers of another launcher: refused,
+        // naming the launcher and both counts.
+        for launcher in [Eqco, Torchrun, Other] {
+            let e = worker_device(AnyGpu, (1, 2), 1, launcher).unwrap_err();
+            let m = e.to_string();
+            assert!(
+                e.is_usage()
+                    && m.contains(launcher.name())
+                    && m.contains("2 workers")
+                    && m.contains("1 GPU(s)")
+                    && m.contains("CUDA_VISIBLE_DEVICES"),
+                "{m}"
+            );
+        }
         // cuda:N: a single worker takes it; several are refused.
-        assert_eq!(worker_device(Gpu(1), 0, 1, 2).unwrap(), Device::Cuda(1));
-        let e = worker_device(Gpu(1), 0, 2, 2).unwrap_err();
+        assert_eq!(
+            worker_device(Gpu(1), (0, 1), 2, Other).unwrap(),
+            Device::Cuda(1)
+        );
+        let e = worker_device(Gpu(1), (0, 2), 2, Eqco).unwrap_err();
         assert!(e.is_usage() && e.to_string().contains("cuda:1"), "{e}");
         // Fewer GPUs than local workers: both counts named.
-        let e = worker_device(AnyGpu, 0, 4, 2).unwrap_err();
+        let e = worker_device(AnyGpu, (0, 4), 2, Slurm).unwrap_err();
         let m = e.to_string();
         assert!(
             e.is_usage() && m.contains("4 workers") && m.contains("2 GPU(s)"),
             "{m}"
         );
-        assert!(worker_device(AnyGpu, 0, 1, 0).unwrap_err().is_usage());
-        assert!(worker_device(Gpu(2), 0, 1, 2).unwrap_err().is_usage());
-        assert_eq!(worker_device(Cpu, 1, 2, 0).unwrap(), Device::Cpu);
+        assert!(worker_device(AnyGpu, (0, 1), 0, Other)
+            .unwrap_err()
+            .is_usage());
+        assert!(worker_device(Gpu(2), (0, 1), 2, Other)
+            .unwrap_err()
+            .is_usage());
+        assert_eq!(worker_device(Cpu, (1, 2), 0, Eqco).unwrap(), Device::Cpu);
+        assert_eq!(
+            Launcher::of(|k| (k == "TORCHELASTIC_RUN_ID").then(String::new)),
+            Torchrun
+        );
+        assert_eq!(Launcher::of(|k| (k == JOB_ID).then(String::new)), Eqco);
+        assert_eq!(
+            Launcher::of(|k| (k == "SLURM_PROCID").then(String::new)),
+            Slurm
+        );
+        assert_eq!(Launcher::of(|_| None), Other);
         assert_eq!(DeviceRequest::parse("cuda"), AnyGpu);
         assert_eq!(DeviceRequest::parse("CUDA:3"), Gpu(3));
         assert_eq!(DeviceRequest::parse("cpu"), Cpu);

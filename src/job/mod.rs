@@ -13,7 +13,7 @@ use tch::Device;
 
 use crate::base::device::parse_device;
 use crate::base::error::{Error, Result};
-use crate::dist::env::{self as denv, worker_device, DeviceRequest};
+use crate::dist::env::{self as denv, worker_device, DeviceRequest, Launcher};
 use crate::dist::launch::{launch, Outcome};
 use crate::dist::{Env, World};
 use crate::run::folder::{RunStart, StartRequest};
@@ -78,9 +78,9 @@ impl Job {
         let device = match device.is_cuda() {
             true => worker_device(
                 DeviceRequest::parse(&req.device),
-                local_rank,
-                local_size,
+                (local_rank, local_size),
                 tch::Cuda::device_count() as usize,
+                Launcher::of(|k| std::env::var(k).ok()),
             )?,
             false => device,
         };
@@ -177,7 +177,8 @@ pub fn pretrain(run: &RunStart, req: &Request) -> anyhow::Result<Ended> {
         if device.is_cuda() {
             // Every worker's GPU exists (the last one's is the highest).
             let visible = tch::Cuda::device_count() as usize;
-            worker_device(DeviceRequest::parse(&req.device), n - 1, n, visible)?;
+            let request = DeviceRequest::parse(&req.device);
+            worker_device(request, (n - 1, n), visible, Launcher::Eqco)?;
         }
         launch_workers(n)?;
         return Ok(Ended::Launched);
