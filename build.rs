@@ -29,9 +29,16 @@ const SOURCES: [&str; 5] = [
 /// Where Debian's libgloo-dev puts Gloo's headers.
 const GLOO_HEADER: &str = "/usr/include/gloo/config.h";
 
+/// Set to 1 to build a CUDA libtorch's shim without the NCCL process group.
+const OPT_OUT: &str = "EQCO_WITHOUT_NCCL";
+
+#[path = "build_support/nccl.rs"]
+mod nccl;
+
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=csrc");
+    println!("cargo:rerun-if-changed=build_support");
     let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
@@ -86,21 +93,30 @@ fn main() {
     }
     if nccl.is_none() {
         println!(
-            "cargo:warning=the NCCL process group is not compiled in (torch without CUDA, or the venv lacks the NCCL/CUDA headers); dist_backend = \"nccl\" will be an error"
+            "cargo:warning=the NCCL process group is not compiled in (torch without CUDA, or {OPT_OUT}=1); dist_backend = \"nccl\" will be an error"
         );
     }
 }
 
-/// The include folders the NCCL translation unit needs, from the venv's
-/// `nvidia` packages beside torch; `None` when one is missing.
+/// The include folders the NCCL translation unit needs (see
+/// `build_support/nccl.rs`), for the libtorch in `lib`; with CUDA and no
+/// NCCL headers the build stops, naming what is missing, unless
+/// `EQCO_WITHOUT_NCCL=1` asks for a build without the NCCL process group.
 fn nccl_includes(lib: &Path) -> Option<Vec<PathBuf>> {
-    let nvidia = lib.parent()?.parent()?.join("nvidia");
-    let dirs = vec![nvidia.join("nccl/include"), nvidia.join("cu13/include")];
-    let needed = [
-        dirs[0].join("nccl.h"),
-        dirs[1].join("cuda_runtime_api.h"),
-        dirs[1].join("crt/host_config.h"),
-        dirs[1].join("nv/target"),
-    ];
-    needed.iter().all(|p| p.exists()).then_some(dirs)
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed={OPT_OUT}");
+    let site = lib.parent()?.parent()?;
+    let home = std::env::var_os("CUDA_HOME").map(PathBuf::from);
+    match nccl::find(&nccl::candidates(site, home.as_deref())) {
+        Ok(dirs) => Some(dirs),
+        Err(_) if std::env::var(OPT_OUT).as_deref() == Ok("1") => None,
+        Err(missing) => panic!(
+            "torch has CUDA but the NCCL process group's headers are missing ({}): install the \
+             wheels of torch's CUDA (CUDA 13: nvidia-nccl-cu13, nvidia-cuda-crt, nvidia-cuda-cccl, as \
+             scripts/setup.sh does; CUDA 12: nvidia-nccl-cu12, nvidia-cuda-runtime-cu12, \
+             nvidia-cuda-nvcc-cu12, nvidia-cuda-cccl-cu12), or set CUDA_HOME to a toolkit with NCCL; \
+             or build without NCCL with {OPT_OUT}=1",
+            missing.join(", ")
+        ),
+    }
 }
