@@ -113,17 +113,14 @@ pub fn steps(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Removes the `step-<step>` checkpoints of `dir` that `keeps(step,
-/// newer)` lets go (`newer`: how many are newer); returns them.
-pub fn prune(dir: &Path, keeps: impl Fn(u64, usize) -> bool) -> Result<Vec<PathBuf>> {
-    let all = steps(dir)?;
-    let mut removed = Vec::new();
-    for (newer, (step, path)) in all.into_iter().rev().enumerate() {
+/// newer)` lets go (`newer`: how many are newer).
+pub fn prune(dir: &Path, keeps: impl Fn(u64, usize) -> bool) -> Result<()> {
+    for (newer, (step, path)) in steps(dir)?.into_iter().rev().enumerate() {
         if !keeps(step, newer) {
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-            removed.push(path);
         }
     }
-    Ok(removed)
+    Ok(())
 }
 
 /// The newest checkpoint of `dir` that reads whole: `latest`, else the
