@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::assert_ok as ok;
 use common::equivalence::{
     assert_within_floor, latest, loss_drift, losses, rel, tensor_drift, weights, FP32_FLOOR,
 };
@@ -49,16 +50,6 @@ fn pretrain_args(dir: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     ];
     let sets: Vec<&str> = ours.into_iter().chain(extra.iter().copied()).collect();
     common::tiny_pretrain(dir, 256, "fmnist-simo", out, &sets)
-}
-
-fn ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what}: exit {:?}\n{}{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
 }
 
 /// One eqco process, waited for.

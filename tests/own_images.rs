@@ -48,13 +48,7 @@ fn pretrain_with(data: &Path, out: &Path, dataset: &str, extra: &[&str]) -> Outp
 }
 
 fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: exit {:?}\n{}{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    common::assert_ok(out, what);
     text(&out.stdout)
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::eqco;
+use common::{checkpoint_steps, eqco};
 use eqco::run::{metrics, PretrainConfig};
 use eqco::train::{pretrain, TrainOptions};
 use tch::Device;
@@ -456,23 +456,6 @@ fn a_nan_is_named_by_its_step_within_log_every_and_no_checkpoint_follows_it() {
             );
         }
     }
-}
-
-/// The steps of the `step-N.safetensors` checkpoints in `run`.
-fn checkpoint_steps(run: &Path) -> Vec<u64> {
-    let mut steps: Vec<u64> = std::fs::read_dir(run.join("checkpoints"))
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            name.strip_prefix("step-")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    steps.sort_unstable();
-    steps
 }
 
 /// Needs the fault-injection hook: `scripts/test.sh` builds with `--features test-hooks`.

@@ -18,6 +18,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::equivalence::{losses, rel};
+use common::{checkpoint_steps, names_in};
 use procs::{text, Job};
 
 /// The longest any job here may take.
@@ -52,31 +53,8 @@ fn run(args: &[String]) -> Output {
 }
 
 fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: exit {:?}\n{}{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    common::assert_ok(out, what);
     text(&out.stderr)
-}
-
-/// The steps of the `step-<step>` checkpoints of `run`.
-fn checkpoint_steps(run: &Path) -> Vec<u64> {
-    let mut steps: Vec<u64> = std::fs::read_dir(run.join("checkpoints"))
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            name.strip_prefix("step-")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    steps.sort_unstable();
-    steps
 }
 
 /// Sends `signal` to `target` once `run`'s metrics hold `lines` lines.
@@ -364,10 +342,7 @@ fn file_size_limit(dir: &Path, limit: u64) {
             && !err.contains("Os {"),
         "{err}"
     );
-    let left: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let left = names_in(&out.join("checkpoints"));
     assert!(left.is_empty(), "debris: {left:?}");
 }
 
@@ -425,10 +400,7 @@ fn a_full_disk_names_the_file_with_the_os_message_and_leaves_no_debris() {
             && !err.contains("Os {"),
         "{err}"
     );
-    let left: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let left = names_in(&out.join("checkpoints"));
     assert!(
         left.iter().all(|n| !n.ends_with(".tmp")),
         "debris: {left:?}"

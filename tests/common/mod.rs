@@ -205,3 +205,41 @@ pub fn write_image_folder(root: &Path) {
         }
     }
 }
+
+/// Asserts that `out` exited 0, showing `what` and its output otherwise.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: exit {:?}\n{}{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// The names of the entries of `dir`.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The steps of the `step-<step>.safetensors` checkpoints of `run`, sorted.
+pub fn checkpoint_steps(run: &Path) -> Vec<u64> {
+    let dir = run.join("checkpoints");
+    let mut steps: Vec<u64> = match dir.is_dir() {
+        true => names_in(&dir),
+        false => Vec::new(),
+    }
+    .iter()
+    .filter_map(|name| {
+        name.strip_prefix("step-")?
+            .strip_suffix(".safetensors")?
+            .parse()
+            .ok()
+    })
+    .collect();
+    steps.sort_unstable();
+    steps
+}
