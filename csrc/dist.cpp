@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <deque>
 #include <exception>
 #include <memory>
@@ -54,6 +55,15 @@ struct CommClock {
   }
 };
 
+// The thread that watches the store for another rank's failure (see
+// `watch`), and how it is told to stop.
+struct Watcher {
+  std::thread thread;
+  std::mutex mutex;
+  std::condition_variable wake;
+  bool stop = false;
+};
+
 struct Group {
   // This attempt's keys (a prefix of the job's store, which torchrun's
   // agent may keep across restarts).
@@ -64,6 +74,12 @@ struct Group {
   // Whether this process serves the store (rank 0 without torchrun's agent).
   bool serves_store;
   CommClock clock;
+  Watcher watcher;
+  // Set once, when the communicators were aborted: why (another rank's
+  // failure, or the store gone). Guarded by `cause_mutex`.
+  std::atomic<bool> aborted{false};
+  std::mutex cause_mutex;
+  std::string cause;
 };
 
 #ifdef EQCO_WITH_NCCL
@@ -81,7 +97,39 @@ constexpr const char* kLeftKey = "eqco/left";
 
 namespace {
 
-void wait(const c10::intrusive_ptr<c10d::Work>& work) { work->wait(); }
+// How long a wait on Gloo blocks before it looks whether the watcher
+// aborted the group.
+constexpr auto kWaitSlice = std::chrono::milliseconds(200);
+
+// The error of a group the watcher aborted (see `abort_group`).
+[[noreturn]] void throw_aborted(Group* g) {
+  std::lock_guard<std::mutex> lock(g->cause_mutex);
+  throw std::runtime_error("the communicators were aborted: " + g->cause);
+}
+
+// Waits for `work`. NCCL's wait returns at once (it only makes the compute
+// stream wait; an abort releases the stream). Gloo's blocks this thread,
+// and Gloo's `abort()` is a no-op, so it waits in slices and ends as soon
+// as the watcher has aborted the group.
+void wait(Group* g, const c10::intrusive_ptr<c10d::Work>& work) {
+  if (g->clock.on_device) {
+    work->wait();
+    return;
+  }
+  while (true) {
+    try {
+      work->wait(kWaitSlice);
+      return;
+    } catch (...) {
+      if (work->isCompleted()) {
+        throw;  // The collective's own error, not the slice's end.
+      }
+    }
+    if (g->aborted.load()) {
+      throw_aborted(g);
+    }
+  }
+}
 
 // The device's current (compute) stream.
 c10::Stream compute_stream(const c10::Device& device) {
@@ -134,8 +182,12 @@ class Timed {
   std::unique_ptr<c10::Event> start_;
 };
 
-// The group's backend; an error once the group was left after a failure.
+// The group's backend; an error once the group was left after a failure,
+// or once the watcher aborted it (naming why).
 c10d::Backend* live(Group* g) {
+  if (g->aborted.load()) {
+    throw_aborted(g);
+  }
   if (!g->backend) {
     throw std::runtime_error("this rank left the group after a failure");
   }
@@ -145,7 +197,7 @@ c10d::Backend* live(Group* g) {
 void allreduce_sum(Group* g, at::Tensor& t) {
   std::vector<at::Tensor> ts{t};
   Timed timed(g);
-  wait(live(g)->allreduce(ts));
+  wait(g, live(g)->allreduce(ts));
 }
 
 // The inputs of all ranks stacked along dimension 0, in rank order:
@@ -160,7 +212,7 @@ at::Tensor allgather(Group* g, const at::Tensor& input) {
   out_sizes[0] = sizes[0] * g->size;
   auto out = at::empty(out_sizes, x.options());
   Timed timed(g);
-  wait(live(g)->_allgather_base(out, x));
+  wait(g, live(g)->_allgather_base(out, x));
   return out;
 }
 
@@ -176,7 +228,7 @@ at::Tensor reduce_scatter_sum(Group* g, const at::Tensor& input) {
   c10d::ReduceScatterOptions opts;
   opts.reduceOp = c10d::ReduceOp::SUM;
   Timed timed(g);
-  wait(live(g)->_reduce_scatter_base(out, x, opts));
+  wait(g, live(g)->_reduce_scatter_base(out, x, opts));
   return out;
 }
 
@@ -457,7 +509,109 @@ void wait_for_ranks(const c10::intrusive_ptr<c10d::Store>& store, int rank, int 
   }
 }
 
+// How often the watcher asks the store, how long one question may take, and
+// how many unanswered ones in a row mean that the store is gone.
+constexpr auto kWatchPeriod = std::chrono::milliseconds(500);
+constexpr auto kWatchTimeout = std::chrono::milliseconds(2000);
+constexpr int kWatchLost = 3;
+
 }  // namespace
+
+// Why the communicators were aborted, for a fatal error that follows (set
+// once, never freed).
+std::atomic<const char*> abort_cause{nullptr};
+
+// Aborts the group's communicators (NCCL's ncclCommAbort: pending and
+// future collectives return at once instead of waiting for a peer that is
+// gone) and remembers `why`; later collectives fail naming it. Once only.
+void abort_group(Group* g, const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(g->cause_mutex);
+    if (g->aborted.load()) {
+      return;
+    }
+    g->cause = why;
+    g->aborted.store(true);
+  }
+  const char* expected = nullptr;
+  abort_cause.compare_exchange_strong(expected, strdup(why.c_str()));
+  try {
+    g->backend->abort();
+  } catch (...) {
+  }
+}
+
+// The failure another rank recorded (empty when none), asked on `store`.
+std::string recorded_failure(const c10::intrusive_ptr<c10d::Store>& store) {
+  if (!store->check({std::string(kFailedKey)})) {
+    return "";
+  }
+  auto v = store->get(kFailedKey);
+  return std::string(v.begin(), v.end());
+}
+
+// The watcher's loop: every kWatchPeriod, asks the store (on a connection of
+// its own) whether a rank recorded a failure. A failure, or a store that
+// stopped answering (the process serving it has gone), aborts the group:
+// under NCCL a surviving rank's collectives do not fail by themselves (a
+// wait only makes the stream wait), so without this they would block until
+// dist_timeout. Stops when told (`stop_watching`). Runs on the group's GPU.
+void watch(Group* g, c10::intrusive_ptr<c10d::Store> store) {
+  if (g->clock.on_device) {
+    // Aborting touches the communicators' GPU: make it current here first.
+    try {
+      c10::impl::getDeviceGuardImpl(g->clock.device.type())->setDevice(g->clock.device);
+    } catch (...) {
+    }
+  }
+  int unanswered = 0;
+  std::unique_lock<std::mutex> lock(g->watcher.mutex);
+  while (!g->watcher.wake.wait_for(lock, kWatchPeriod, [g] { return g->watcher.stop; })) {
+    lock.unlock();
+    std::string why;
+    try {
+      why = recorded_failure(store);
+      unanswered = 0;
+    } catch (const std::exception& e) {
+      if (++unanswered >= kWatchLost) {
+        why = std::string("the rendezvous store stopped answering (the process serving it, rank 0 "
+                          "or torchrun's agent, has gone): ") +
+              e.what();
+      }
+    }
+    if (!why.empty()) {
+      abort_group(g, why);
+      return;
+    }
+    lock.lock();
+  }
+}
+
+// Starts the watcher of `g` (a no-op where the store cannot be cloned: the
+// group then relies on its backend's own errors, as before).
+void start_watching(Group* g) {
+  c10::intrusive_ptr<c10d::Store> store;
+  try {
+    store = g->store->clone();
+    store->setTimeout(kWatchTimeout);
+  } catch (...) {
+    return;
+  }
+  g->watcher.thread = std::thread(watch, g, store);
+}
+
+// Stops the watcher and waits for it (at most one store question).
+void stop_watching(Group* g) {
+  {
+    std::lock_guard<std::mutex> lock(g->watcher.mutex);
+    g->watcher.stop = true;
+  }
+  g->watcher.wake.notify_all();
+  if (g->watcher.thread.joinable()) {
+    g->watcher.thread.join();
+  }
+}
+
 }  // namespace eqco
 
 using eqco::Group;
@@ -528,6 +682,7 @@ extern "C" char* eqco_group_new(int nccl, const char* host, int port, int rank, 
       g->clock.on_device = true;
       g->clock.device = c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(cuda_index));
     }
+    eqco::start_watching(g);
     *out = g;
   })
 }
@@ -568,6 +723,9 @@ std::atomic<FatalReport> fatal_report{nullptr};
       what = "an unknown C++ exception";
     }
   }
+  if (const char* cause = eqco::abort_cause.load()) {
+    what = std::string(cause) + " (then: " + what + ")";
+  }
   if (auto report = fatal_report.load()) {
     report(what.c_str());
   }
@@ -596,19 +754,19 @@ extern "C" void eqco_terminate_from_thread(const char* what) {
 }
 
 // This rank failed with `message`: records it for the others (the first
-// failure wins), leaves the group, so that every peer's pending or next
-// collective fails at once, and, when this process serves the store, keeps
-// it up until the other ranks have left or `linger_s` has passed.
+// failure wins; their watchers abort their communicators within about a
+// second), aborts its own communicators, and, when this process serves the
+// store, keeps it up until the other ranks have left or `linger_s` has passed.
 extern "C" void eqco_group_fail(Group* g, const char* message, double linger_s) {
+  eqco::stop_watching(g);
+  std::string m(message);
   try {
-    std::string m(message);
     g->store->compareSet(eqco::kFailedKey, std::vector<uint8_t>(),
                          std::vector<uint8_t>(m.begin(), m.end()));
   } catch (...) {
   }
-  try {
-    g->backend->shutdown();
-  } catch (...) {
+  if (g->backend) {
+    eqco::abort_group(g, m);
   }
   try {
     g->backend.reset();
@@ -631,6 +789,19 @@ extern "C" void eqco_group_fail(Group* g, const char* message, double linger_s) 
   }
 }
 
+// Records `message` as this rank's failure in the store and nothing else:
+// the rank stays in the group, so only the peers' watchers can end their
+// waits (for the test of the watcher; eqco_group_fail is the real path).
+extern "C" void eqco_group_record_failure(Group* g, const char* message) {
+  eqco::stop_watching(g);
+  try {
+    std::string m(message);
+    g->store->compareSet(eqco::kFailedKey, std::vector<uint8_t>(),
+                         std::vector<uint8_t>(m.begin(), m.end()));
+  } catch (...) {
+  }
+}
+
 // The failure another rank recorded with `eqco_group_fail` (a new C string
 // in *out), or null in *out when none is recorded or the store is gone;
 // waits at most `wait_s` for the store.
@@ -638,16 +809,32 @@ extern "C" void eqco_group_cause(Group* g, double wait_s, char** out) {
   *out = nullptr;
   try {
     g->store->setTimeout(std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1000.0)));
-    if (g->store->check({std::string(eqco::kFailedKey)})) {
-      auto v = g->store->get(eqco::kFailedKey);
-      *out = eqco::c_string(std::string(v.begin(), v.end()).c_str());
+    std::string failure = eqco::recorded_failure(g->store);
+    if (!failure.empty()) {
+      *out = eqco::c_string(failure.c_str());
+      return;
+    }
+  } catch (...) {
+  }
+  try {
+    std::lock_guard<std::mutex> lock(g->cause_mutex);
+    if (g->aborted.load() && !g->cause.empty()) {
+      *out = eqco::c_string(g->cause.c_str());
     }
   } catch (...) {
   }
 }
 
-// Leaves the group (its threads end before this returns).
+// Leaves the group (its threads end before this returns): a normal
+// shutdown, or none where the communicators were aborted.
 extern "C" void eqco_group_free(Group* g) {
+  eqco::stop_watching(g);
+  if (g->aborted.load()) {
+    // A collective with the failed rank may still be running on the
+    // backend's threads, which its destructor would join: they are left to
+    // the process's exit instead.
+    g->backend.release();
+  }
   try {
     if (g->backend) {
       g->backend->shutdown();
@@ -686,7 +873,7 @@ extern "C" char* eqco_broadcast(Group* g, at::Tensor* t, int root) {
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
     eqco::Timed timed(g);
-    eqco::wait(eqco::live(g)->broadcast(ts, opts));
+    eqco::wait(g, eqco::live(g)->broadcast(ts, opts));
   })
 }
 
@@ -694,7 +881,7 @@ extern "C" char* eqco_broadcast(Group* g, at::Tensor* t, int root) {
 extern "C" char* eqco_barrier(Group* g) {
   EQCO_TRY({
     eqco::Timed timed(g);
-    eqco::wait(eqco::live(g)->barrier());
+    eqco::wait(g, eqco::live(g)->barrier());
   })
 }
 
@@ -720,7 +907,7 @@ int group_size(Group* g) { return g->size; }
 void timed_wait(Group* g, const std::vector<c10::intrusive_ptr<c10d::Work>>& works) {
   Timed timed(g);
   for (const auto& w : works) {
-    wait(w);
+    wait(g, w);
   }
 }
 

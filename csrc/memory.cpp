@@ -25,6 +25,16 @@ extern "C" char* eqco_pinned_empty(int64_t numel, int int64, at::Tensor** out) {
   })
 }
 
+// Makes CUDA device `index` the calling thread's current device. A thread
+// that touches CUDA objects without it (destroying an event, say) has
+// device 0 current, and c10's switches to the object's device and back
+// create device 0's primary context in every process (PyTorch's
+// pin-memory thread sets its device first for the same reason).
+extern "C" char* eqco_set_device(int index) {
+  EQCO_TRY(c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)
+               ->setDevice(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index))))
+}
+
 // Whether a tensor lives in page-locked memory.
 extern "C" int eqco_is_pinned(const at::Tensor* t) {
   try {

@@ -10,8 +10,10 @@
 #   srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 --kill-on-bad-exit=1 \
 #       scripts/slurm.sh pretrain --config simo --device cuda --out /shared/runs/simo
 #
-# (--kill-on-bad-exit ends the other tasks at once when one fails; without
-# it, a failing rank still ends the job within seconds through the store.)
+# --kill-on-bad-exit=1 is required: a task that dies without a word (SIGKILL,
+# the OOM killer) records nothing in the store, and only srun can end the
+# others then. A rank that fails with an error ends the job within about a
+# second through the store either way.
 #
 # MASTER_ADDR defaults to the job's first node, MASTER_PORT to 29500 + the
 # job id modulo 1000 (so two jobs on one node do not collide); set either to

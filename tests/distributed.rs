@@ -105,6 +105,11 @@ impl Case {
     /// Trains the case into `out` with `workers` processes of `threads`
     /// threads each, checkpointing after every step.
     fn train(&self, tmp: &Path, out: &Path, workers: usize, threads: usize) {
+        self.train_with(tmp, out, workers, threads, &[]);
+    }
+
+    /// As [`Case::train`], with the settings `more` on top.
+    fn train_with(&self, tmp: &Path, out: &Path, workers: usize, threads: usize, more: &[&str]) {
         let steps = format!("max_steps={}", self.steps);
         let precision = format!("precision={}", self.precision);
         let format = format!("memory_format={}", self.format);
@@ -121,6 +126,7 @@ impl Case {
             &format,
         ];
         sets.extend(self.sets);
+        sets.extend(more);
         let mut args = pretrain_args(tmp, self.preset, out, &sets);
         set_threads(&mut args, threads);
         if workers > 1 {
@@ -207,17 +213,7 @@ fn check_equivalence(tmp: &Path, case: &Case, least: &Least) {
 #[test]
 fn two_workers_train_what_one_process_trains() {
     let tmp = tempfile::tempdir().unwrap();
-    let methods: [(&str, &[&str]); 3] = [
-        ("fmnist-simo", &["k_negatives=31"]),
-        ("fmnist-simclr", &["k_negatives=40"]),
-        // Shuffle BN: one process emulates 2 devices with 2 groups; two
-        // workers take one group each.
-        (
-            "fmnist-mocov2",
-            &["queue_size=64", "k_negatives=64", "shuffle_bn_groups=2"],
-        ),
-    ];
-    for (preset, sets) in methods {
+    for (preset, sets) in METHODS {
         for format in ["channels_last", "contiguous"] {
             let case = Case {
                 preset,
@@ -228,6 +224,72 @@ fn two_workers_train_what_one_process_trains() {
             };
             check_equivalence(tmp.path(), &case, &FP32);
         }
+    }
+}
+
+/// The three methods of the equivalence tests, with what each needs at N = 32.
+const METHODS: [(&str, &[&str]); 3] = [
+    ("fmnist-simo", &["k_negatives=31"]),
+    ("fmnist-simclr", &["k_negatives=40"]),
+    // Shuffle BN: one process emulates 2 devices with 2 groups; two
+    // workers take one group each.
+    (
+        "fmnist-mocov2",
+        &["queue_size=64", "k_negatives=64", "shuffle_bn_groups=2"],
+    ),
+];
+
+/// A group of one process (`dist_one_rank_group`, how gpu-check.sh runs
+/// NCCL on one GPU) trains what no group trains: SiMo's and SimCLR's sync BN
+/// then goes through the group's SyncBN function and SimCLR's embeddings
+/// through its gather, MoCo v2's figures and gradients through its
+/// all-reduces. Every step's loss, the first step's gradients and the last
+/// weights are compared with the run without a group, against the floor of
+/// that run at 1 vs 2 threads.
+#[test]
+fn a_one_rank_group_trains_what_no_group_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (preset, sets) in METHODS {
+        let case = Case {
+            preset,
+            sets,
+            precision: "fp32",
+            format: "channels_last",
+            steps: 4,
+        };
+        let dir = |tag: &str| tmp.path().join(format!("{preset}-{tag}"));
+        let (alone, floor_run, grouped) = (dir("alone"), dir("threads2"), dir("group"));
+        case.train(tmp.path(), &alone, 1, 1);
+        case.train(tmp.path(), &floor_run, 1, 2);
+        case.train_with(tmp.path(), &grouped, 1, 1, &["dist_one_rank_group=true"]);
+        let (a, f, g) = (losses(&alone), losses(&floor_run), losses(&grouped));
+        assert_eq!(g.len(), case.steps, "{preset}");
+        let step1 = |run: &Path| gradients(&run.join("checkpoints/step-1.safetensors"));
+        let drift = loss_drift(&a, &g);
+        eprintln!("{preset}: one-rank group vs none, loss drift per step {drift:?}");
+        assert_within_floor(
+            &format!("{preset}: step 1 gradients"),
+            &[tensor_drift(&step1(&alone), &step1(&grouped))],
+            &[tensor_drift(&step1(&alone), &step1(&floor_run))],
+            FP32.gradients,
+        );
+        assert_within_floor(
+            &format!("{preset}: losses"),
+            &drift,
+            &loss_drift(&a, &f),
+            FP32.loss,
+        );
+        let wa = weights(&latest(&alone));
+        assert_within_floor(
+            &format!("{preset}: weights"),
+            &[tensor_drift(&wa, &weights(&latest(&grouped)))],
+            &[tensor_drift(&wa, &weights(&latest(&floor_run)))],
+            FP32.weights,
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(grouped.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["processes"], 1, "{summary}");
     }
 }
 

@@ -28,6 +28,7 @@ extern "C" {
     pub(crate) fn eqco_pinned_empty(numel: i64, int64: c_int, out: *mut *mut c_void)
         -> *mut c_char;
     pub(crate) fn eqco_is_pinned(t: *const c_void) -> c_int;
+    pub(crate) fn eqco_set_device(index: c_int) -> *mut c_char;
     pub(crate) fn eqco_event_synchronize(event: *mut c_void) -> *mut c_char;
     pub(crate) fn eqco_event_query(event: *const c_void, done: *mut c_int) -> *mut c_char;
     pub(crate) fn eqco_copy_stream_new(index: c_int, out: *mut *mut c_void) -> *mut c_char;
@@ -90,6 +91,8 @@ extern "C" {
     pub(crate) fn eqco_report_fatal_with(report: extern "C" fn(*const c_char));
     #[cfg(test)]
     pub(crate) fn eqco_terminate_from_thread(what: *const c_char);
+    #[cfg(test)]
+    pub(crate) fn eqco_group_record_failure(g: *mut c_void, message: *const c_char);
     pub(crate) fn eqco_all_reduce_sum(g: *mut c_void, t: *const c_void) -> *mut c_char;
     pub(crate) fn eqco_all_gather(
         g: *mut c_void,

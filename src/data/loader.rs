@@ -29,7 +29,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::staging::{Lease, PinnedCap, PoolPlan, StagingPool};
 use super::{Dataset, Recipe};
-use crate::base::device::memory::CopyStream;
+use crate::base::device::memory::{set_thread_device, CopyStream};
 use crate::base::error::{Error, Result};
 use crate::base::seed::derive;
 
@@ -368,6 +368,11 @@ impl Loader {
             );
             let cfg = self.cfg;
             handles.push(std::thread::spawn(move || {
+                // Staging slots' events are freed here: on the run's GPU.
+                if let Err(e) = set_thread_device(cfg.device) {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
                 let mut b = first + w;
                 while b < n_batches && !stop.load(Ordering::Relaxed) {
                     let lease = match pool.as_ref().map(|p| p.take(w, &stop)) {

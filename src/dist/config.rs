@@ -22,22 +22,29 @@ pub struct DistConfig {
     /// depends on the buckets' layout.
     pub grad_overlap: bool,
     /// Seconds any wait on another process may take once every rank has
-    /// joined (every collective and barrier) before the job ends with an error.
-    pub dist_timeout: f64,
+    /// joined (every collective and barrier) before the job ends with an
+    /// error; unset: PyTorch's defaults, 600 on NCCL and 1800 on Gloo.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dist_timeout: Option<f64>,
     /// Seconds to reach the rendezvous store and for every rank to join:
     /// a peer that never starts ends the job then, named.
     pub dist_join_timeout: f64,
+    /// Build the process group, and synchronise BN over it, even for a
+    /// single process: a group of one trains what no group trains, through
+    /// the collective code (how `scripts/gpu-check.sh` runs NCCL on one GPU).
+    pub dist_one_rank_group: bool,
 }
 
 impl Default for DistConfig {
-    /// The device's backend, overlapped gradients, 30 minutes per wait and
-    /// 5 to join.
+    /// The device's backend, overlapped gradients, the backend's wait
+    /// ([`DistConfig::timeouts`]) and 5 minutes to join.
     fn default() -> Self {
         DistConfig {
             dist_backend: Backend::Auto,
             grad_overlap: true,
-            dist_timeout: 1800.0,
+            dist_timeout: None,
             dist_join_timeout: 300.0,
+            dist_one_rank_group: false,
         }
     }
 }
@@ -46,7 +53,7 @@ impl DistConfig {
     /// Checks every key of the section; the error names the key.
     pub fn validate(&self) -> Result<()> {
         for (key, value) in [
-            ("dist_timeout", self.dist_timeout),
+            ("dist_timeout", self.dist_timeout.unwrap_or(1.0)),
             ("dist_join_timeout", self.dist_join_timeout),
         ] {
             if !(value.is_finite() && value > 0.0) {
@@ -59,11 +66,55 @@ impl DistConfig {
         Ok(())
     }
 
-    /// The waits as durations.
-    pub fn timeouts(&self) -> Timeouts {
+    /// The waits as durations on `backend` (resolved: Gloo or NCCL).
+    /// Unset, a collective may wait as long as PyTorch lets it by default:
+    /// 10 minutes on NCCL (whose watchdog then ends the process), 30 on Gloo.
+    pub fn timeouts(&self, backend: Backend) -> Timeouts {
+        let default = match backend {
+            Backend::Nccl => NCCL_TIMEOUT,
+            _ => GLOO_TIMEOUT,
+        };
         Timeouts {
             join: Duration::from_secs_f64(self.dist_join_timeout),
-            collective: Duration::from_secs_f64(self.dist_timeout),
+            collective: self.dist_timeout.map_or(default, Duration::from_secs_f64),
         }
+    }
+}
+
+/// PyTorch's default wait on NCCL (`default_pg_nccl_timeout`).
+pub const NCCL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// PyTorch's default wait on Gloo (`default_pg_timeout`).
+pub const GLOO_TIMEOUT: Duration = Duration::from_secs(1800);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_defaults_to_pytorchs_per_backend() {
+        let unset = DistConfig::default();
+        assert_eq!(
+            unset.timeouts(Backend::Nccl).collective,
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            unset.timeouts(Backend::Gloo).collective,
+            Duration::from_secs(1800)
+        );
+        let set = DistConfig {
+            dist_timeout: Some(5.0),
+            ..DistConfig::default()
+        };
+        assert_eq!(
+            set.timeouts(Backend::Nccl).collective,
+            Duration::from_secs(5)
+        );
+        assert!(DistConfig {
+            dist_timeout: Some(0.0),
+            ..DistConfig::default()
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -175,6 +175,33 @@ impl Env {
         self.rank == 0 && !self.agent_store
     }
 
+    /// A job of this one process, for a group of one
+    /// (`dist_one_rank_group` without a launcher): the store on a loopback
+    /// port the OS picks.
+    pub fn alone() -> Result<Env> {
+        let port = std::net::TcpListener::bind((LOOPBACK, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| {
+                Error::Dist(format!(
+                    "finding a free loopback port for a group of one: {e}"
+                ))
+            })?
+            .port();
+        Ok(Env {
+            rank: 0,
+            world_size: 1,
+            local_rank: 0,
+            local_world_size: 1,
+            master_addr: LOOPBACK.to_string(),
+            master_port: port,
+            agent_store: false,
+            run_id: String::new(),
+            restart_count: 0,
+            gloo_ifname: None,
+            job: format!("eqco process {}", std::process::id()),
+        })
+    }
+
     /// Whether every process of the job runs on this machine
     /// (`LOCAL_WORLD_SIZE == WORLD_SIZE`): then the store and Gloo listen
     /// on loopback only, and every rank reaches the store there.

@@ -562,10 +562,16 @@ impl World {
         }
     }
 
-    /// Joins the job described by `env` (no group when it has one process),
-    /// computing on `device`.
-    pub fn join(env: &Env, backend: Backend, timeouts: Timeouts, device: Device) -> Result<World> {
-        let group = if env.world_size > 1 {
+    /// Joins the job described by `env` (no group when it has one process,
+    /// unless `one_rank_group`), computing on `device`.
+    pub fn join(
+        env: &Env,
+        backend: Backend,
+        timeouts: Timeouts,
+        device: Device,
+        one_rank_group: bool,
+    ) -> Result<World> {
+        let group = if env.world_size > 1 || one_rank_group {
             Some(Arc::new(Group::join(env, backend, timeouts, device)?))
         } else {
             None
@@ -584,7 +590,8 @@ impl World {
         self.rank == 0
     }
 
-    /// The group when there is more than one process.
+    /// The group when there is more than one process (or a group of one
+    /// was asked for: `dist_one_rank_group`).
     pub fn group(&self) -> Option<&Arc<Group>> {
         self.group.as_ref()
     }
@@ -688,6 +695,73 @@ mod tests {
             m.starts_with("rank 1: ") && m.contains("bad_alloc") && !m.contains("NCCL"),
             "{m}"
         );
+    }
+
+    /// Ranks `0..size` of a one-host Gloo job on 127.0.0.1:`port`, joined
+    /// in threads of this process.
+    fn join_in_threads(size: usize, port: u16, collective: Duration) -> Vec<Group> {
+        let timeouts = Timeouts {
+            join: Duration::from_secs(30),
+            collective,
+        };
+        let joins: Vec<_> = (0..size)
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    let vars = [
+                        ("RANK", rank.to_string()),
+                        ("WORLD_SIZE", size.to_string()),
+                        ("MASTER_ADDR", "127.0.0.1".to_string()),
+                        ("MASTER_PORT", port.to_string()),
+                        (env::JOB_ID, format!("watcher-test-{port}")),
+                    ];
+                    let get = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+                    let env = Env::from_lookup(get).unwrap().unwrap();
+                    Group::join(&env, Backend::Gloo, timeouts, Device::Cpu).unwrap()
+                })
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    }
+
+    /// Under NCCL a surviving rank's collective does not fail by itself, so a
+    /// failure recorded in the store must end its wait: here rank 0 records
+    /// one and stays in the group (its communicators untouched), and rank 1,
+    /// waiting at a barrier with a 60 s timeout, is released by its watcher
+    /// within seconds, naming rank 0's error.
+    #[test]
+    fn a_failure_in_the_store_aborts_the_waiting_ranks() {
+        let port = TcpListener::bind(("127.0.0.1", 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut groups = join_in_threads(2, port, Duration::from_secs(60));
+        let one = Arc::new(groups.pop().unwrap());
+        let zero = groups.pop().unwrap();
+        let waiting = {
+            let one = one.clone();
+            std::thread::spawn(move || one.barrier())
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let message =
+            CString::new("rank 0: writing a checkpoint: No space left on device").unwrap();
+        let recorded = Instant::now();
+        // SAFETY: a live group and C string.
+        unsafe { shim::eqco_group_record_failure(zero.ptr, message.as_ptr()) };
+        let result = waiting.join().unwrap();
+        let took = recorded.elapsed();
+        let e = result.expect_err("the barrier cannot succeed without rank 0");
+        assert!(
+            e.to_string().contains("rank 1") && e.to_string().contains("No space left on device"),
+            "{e}"
+        );
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        eprintln!(
+            "rank 1 was released {:.2} s after the failure was recorded",
+            took.as_secs_f64()
+        );
+        drop(one);
+        drop(zero);
     }
 
     #[test]

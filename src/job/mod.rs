@@ -11,6 +11,7 @@ use std::path::Path;
 
 use tch::Device;
 
+use crate::base::device::memory::set_thread_device;
 use crate::base::device::parse_device;
 use crate::base::error::{Error, Result};
 use crate::dist::env::{self as denv, worker_device, DeviceRequest, Launcher};
@@ -84,11 +85,24 @@ impl Job {
             )?,
             false => device,
         };
+        // This thread's CUDA objects belong to that GPU (see set_thread_device).
+        set_thread_device(device)?;
+        let one_rank_group = cfg.dist.dist_one_rank_group;
+        let join = |env: &Env| {
+            World::join(
+                env,
+                backend,
+                cfg.dist.timeouts(backend),
+                device,
+                one_rank_group,
+            )
+        };
         let world = match env {
+            None if one_rank_group => join(&Env::alone()?)?,
             None => World::single(),
             Some(env) => {
                 cfg.validate_world(env.world_size)?;
-                World::join(env, backend, cfg.dist.timeouts(), device)?
+                join(env)?
             }
         };
         Ok(Job {

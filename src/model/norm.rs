@@ -52,7 +52,7 @@ pub fn batch_norm(p: nn::Path, c: i64, gamma: f64, nd: usize, norm: &Norm) -> Ba
     BatchNorm {
         inner,
         sync: match norm {
-            Norm::Sync(g) if g.size > 1 => Some(g.clone()),
+            Norm::Sync(g) => Some(g.clone()),
             _ => None,
         },
         momentum: cfg.momentum,

@@ -25,6 +25,19 @@ pub fn pinned_empty(len: usize, kind: Kind) -> Result<Tensor> {
     Ok(unsafe { shim::tensor_from(out) })
 }
 
+/// Makes `device` the calling thread's current CUDA device (nothing on the
+/// CPU). Every thread that touches CUDA objects calls it first: otherwise
+/// device 0 is current there, and c10's switches to an object's device and
+/// back create a context on GPU 0 in every process of the machine.
+pub fn set_thread_device(device: Device) -> Result<()> {
+    let Device::Cuda(i) = device else {
+        return Ok(());
+    };
+    // SAFETY: a plain call; an error string or null comes back.
+    let err = unsafe { shim::eqco_set_device(i as c_int) };
+    shim::check("making the GPU current on this thread", err)
+}
+
 /// Whether `t` lives in page-locked memory.
 pub fn is_pinned(t: &Tensor) -> bool {
     // SAFETY: reads a property of a live tensor.
