@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use eqco::loss::negatives::{gather_keys, gather_similarities, per_query, shared_subset};
+use eqco::loss::negatives::{
+    all_but, gather_keys, gather_similarities, per_query, per_row_draws, shared_subset,
+};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -136,4 +138,63 @@ fn gathering_follows_the_indices() {
         Vec::<f32>::try_from(s.flatten(0, -1)).unwrap(),
         vec![1.0, 2.0, 4.0, 7.0]
     );
+}
+
+/// SimCLR's per-row draws with the RNG of (seed, row): what one process
+/// draws for all 2N rows is what W ranks draw for their own rows (W = 2:
+/// the first views' and second views' halves of each rank's rows), and the
+/// same in rayon pools of 1 and 3 threads.
+#[test]
+fn per_row_draws_are_the_same_at_any_world_size_and_thread_count() {
+    let (n, k) = (24usize, 7usize);
+    let rng_of = |i: usize| ChaCha8Rng::seed_from_u64(1000 + i as u64);
+    let draw = |rows: &[usize], threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| per_row_draws(rows, 2 * n, k, simclr_excluded(n), rng_of).unwrap())
+    };
+    let all: Vec<usize> = (0..2 * n).collect();
+    let one = draw(&all, 1);
+    assert_eq!(one, draw(&all, 3), "another thread count drew others");
+    // W = 2: rank r scores rows [r·N/2, (r + 1)·N/2) of each view.
+    let half = n / 2;
+    for rank in 0..2 {
+        let rows: Vec<usize> = (rank * half..(rank + 1) * half)
+            .chain((rank * half..(rank + 1) * half).map(|i| n + i))
+            .collect();
+        let mine = draw(&rows, 2);
+        for (j, &i) in rows.iter().enumerate() {
+            assert_eq!(mine[j * k..(j + 1) * k], one[i * k..(i + 1) * k], "row {i}");
+        }
+    }
+    for (i, row) in one.chunks(k).enumerate() {
+        let partner = ((i + n) % (2 * n)) as i64;
+        assert!(
+            !row.contains(&(i as i64)) && !row.contains(&partner),
+            "row {i}: {row:?}"
+        );
+        assert_eq!(row.iter().collect::<HashSet<_>>().len(), k, "row {i}");
+    }
+}
+
+/// At K = 2(N − 1) nothing is drawn: each row is every key but the query
+/// and its partner, in order.
+#[test]
+fn all_but_lists_every_other_key_in_order() {
+    let n = 5i64;
+    let excluded: Vec<i64> = (0..2 * n)
+        .flat_map(|i| {
+            let p = (i + n) % (2 * n);
+            [i.min(p), i.max(p)]
+        })
+        .collect();
+    let idx = all_but(&Tensor::from_slice(&excluded).view([2 * n, 2]), 2 * n);
+    assert_eq!(idx.size(), vec![2 * n, 2 * n - 2]);
+    for (i, row) in rows(&idx).iter().enumerate() {
+        let p = (i as i64 + n) % (2 * n);
+        let want: Vec<i64> = (0..2 * n).filter(|&j| j != i as i64 && j != p).collect();
+        assert_eq!(row, &want, "row {i}");
+    }
 }

@@ -90,6 +90,44 @@ pub fn per_query_draws(
     Ok(idx)
 }
 
+/// SimCLR's rule, one row at a time: for each query `i` of `rows`, K
+/// distinct keys among the `n_keys` keys not in `excluded(i)`, drawn with
+/// the RNG `rng_of(i)` of that row alone. So a process that draws only its
+/// own rows draws what one process drawing every row does, whatever the
+/// world size, and the rows are drawn in parallel (rayon's pool) with the
+/// same result at any thread count. Host numbers, row after row `[rows, K]`.
+pub fn per_row_draws<R: Rng>(
+    rows: &[usize],
+    n_keys: usize,
+    k: usize,
+    excluded: impl Fn(usize) -> Vec<usize> + Sync,
+    rng_of: impl Fn(usize) -> R + Sync,
+) -> Result<Vec<i64>> {
+    use rayon::prelude::*;
+    let drawn: Vec<Vec<i64>> = rows
+        .par_iter()
+        .map(|&i| per_query_draws(1, n_keys, k, |_| excluded(i), &mut rng_of(i)))
+        .collect::<Result<_>>()?;
+    Ok(drawn.concat())
+}
+
+/// Every key but the excluded ones, for each row, without drawing: indices
+/// `[m, n_keys − E]` on `excluded`'s device, from `excluded: [m, E]` (int64,
+/// each row ascending and distinct, all below `n_keys`). Column c of a row
+/// is its c-th key that is not excluded: SimCLR's negatives when K = 2(N − 1).
+pub fn all_but(excluded: &Tensor, n_keys: i64) -> Tensor {
+    let e = excluded.size()[1];
+    let mut key = Tensor::arange(n_keys - e, (tch::Kind::Int64, excluded.device()))
+        .unsqueeze(0)
+        .expand([excluded.size()[0], n_keys - e], false);
+    for j in 0..e {
+        // Past the j-th excluded key, every later key moves up by one.
+        let ej = excluded.narrow(1, j, 1);
+        key = &key + key.ge_tensor(&ej).to_kind(tch::Kind::Int64);
+    }
+    key
+}
+
 fn check_k(k: usize, available: usize, batch: usize) -> Result<()> {
     if k == 0 || k > available {
         return Err(Error::config(

@@ -70,6 +70,12 @@ pub fn step_rng(seed: u64, purpose: u64, step: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(derive(seed, &[purpose, step]))
 }
 
+/// The RNG of one row's sampling (`row` of the global batch) at one step
+/// for one purpose: a rank that draws only its rows draws what one process does.
+pub fn row_rng(seed: u64, purpose: u64, step: u64, row: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(derive(seed, &[purpose, step, row as u64]))
+}
+
 /// Every rank's rows of `t` stacked in rank order, without a gradient
 /// (`t` itself in a world of one).
 pub fn gather_rows(t: &Tensor, world: &World) -> Result<Tensor> {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use tch::nn::VarStore;
 use tch::Tensor;
 
-use super::shared::{norm_for, step_rng};
+use super::shared::{norm_for, row_rng};
 use super::{Contrast, Forward, Method, MethodConfig, NegativeKeys, Shape};
 use crate::base::device::memory::upload;
 use crate::base::device::Compute;
@@ -72,6 +72,36 @@ impl SimClr {
             .transpose(0, 1)
             .reshape([w * two_n, d]))
     }
+
+    /// This rank's queries' negatives among the 2N embeddings, indices
+    /// `[m, K]` on the device of `both` (the queries, then their partners):
+    /// every embedding but the query and its partner when K = 2(N − 1),
+    /// built on the device with nothing drawn; else K of them drawn with
+    /// the RNG of (step, query), so that any world size, and any thread
+    /// count, draws the negatives one process draws.
+    fn negative_indices(
+        &self,
+        queries: &[usize],
+        both: &Tensor,
+        n: usize,
+        step: u64,
+    ) -> Result<Tensor> {
+        let m = queries.len() as i64;
+        if self.k == 2 * (n - 1) {
+            let (q, p) = (both.narrow(0, 0, m), both.narrow(0, m, m));
+            let excluded = Tensor::stack(&[q.minimum(&p), q.maximum(&p)], 1);
+            return Ok(negatives::all_but(&excluded, 2 * n as i64));
+        }
+        let seed = self.seed;
+        let drawn = negatives::per_row_draws(
+            queries,
+            2 * n,
+            self.k,
+            |i| vec![i, (i + n) % (2 * n)],
+            |i| row_rng(seed, NEGATIVES, step, i),
+        )?;
+        Ok(upload(&drawn, both.device())?.view([m, self.k as i64]))
+    }
 }
 
 impl Method for SimClr {
@@ -97,15 +127,7 @@ impl Method for SimClr {
         let m = queries.len() as i64;
         let q = z.index_select(0, &both.narrow(0, 0, m));
         let k_pos = z.index_select(0, &both.narrow(0, m, m));
-        // The same draws for all 2N queries on every rank; this rank keeps its rows.
-        let mut rng = step_rng(self.seed, NEGATIVES, step);
-        let all =
-            negatives::per_query_draws(2 * n, 2 * n, self.k, |i| vec![i, partner(i)], &mut rng)?;
-        let mine: Vec<i64> = queries
-            .iter()
-            .flat_map(|&i| all[i * self.k..(i + 1) * self.k].iter().copied())
-            .collect();
-        let idx = upload(&mine, z.device())?.view([m, self.k as i64]);
+        let idx = self.negative_indices(&queries, &both, n, step)?;
         Ok(Forward::Contrast(Contrast {
             q,
             k_pos,
