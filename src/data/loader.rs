@@ -332,24 +332,26 @@ impl Loader {
         self.start(epoch, 0)
     }
 
+    /// How batches of `views` views reach the device: the pinned staging
+    /// pool (when staged) and the stream that copies them (on a GPU).
+    fn transfer(&self, views: usize) -> Result<(Option<Arc<StagingPool>>, Option<CopyStream>)> {
+        let pool = match self.cfg.staged() {
+            true => Some(self.staging_pool(views)?),
+            false => None,
+        };
+        let copies = match self.cfg.device.is_cuda() {
+            true => Some(CopyStream::new(self.cfg.device)?),
+            false => None,
+        };
+        Ok((pool, copies))
+    }
+
     fn start<B: Views>(&self, epoch: u64, first: usize) -> Epoch<B> {
         let order = Arc::new(self.order(epoch));
         let n_batches = self.batches_per_epoch();
-        let pool = if self.cfg.staged() {
-            match self.staging_pool(B::COUNT) {
-                Ok(p) => Some(p),
-                Err(e) => return Epoch::failed(e, self.recipe.clone()),
-            }
-        } else {
-            None
-        };
-        let copies = if self.cfg.device.is_cuda() {
-            match CopyStream::new(self.cfg.device) {
-                Ok(s) => Some(s),
-                Err(e) => return Epoch::failed(e, self.recipe.clone()),
-            }
-        } else {
-            None
+        let (pool, copies) = match self.transfer(B::COUNT) {
+            Ok(both) => both,
+            Err(e) => return Epoch::failed(e, self.recipe.clone()),
         };
         let threads = pool.as_ref().map_or(self.cfg.threads, |p| p.plan().workers);
         let workers = threads.min(n_batches.saturating_sub(first)).max(1);
