@@ -475,6 +475,7 @@ fn the_long_sweep_presets_run_at_tiny_size_and_report_the_seed_spread() {
         ("fmnist-mocov2-k-long", 8, 2),
         ("fmnist-simo-k-paired", 17, 4),
         ("fmnist-simo-k16-more-seeds", 2, 1),
+        ("fmnist-simo-k-small", 2, 1),
         ("fmnist-mocov2-k-paired", 12, 4),
         ("fmnist-simo-table6", 2, 1),
         ("fmnist-simo-table7", 2, 1),

@@ -99,7 +99,7 @@ pub struct SweepConfig {
 }
 
 /// The sweep presets compiled into the binary: `(name, TOML)`.
-pub const SWEEP_PRESETS: [(&str, &str); 13] = [
+pub const SWEEP_PRESETS: [(&str, &str); 14] = [
     (
         "fmnist-simo-k",
         include_str!("../../presets/sweeps/fmnist-simo-k.toml"),
@@ -139,6 +139,10 @@ pub const SWEEP_PRESETS: [(&str, &str); 13] = [
     (
         "fmnist-simo-k16-more-seeds",
         include_str!("../../presets/sweeps/fmnist-simo-k16-more-seeds.toml"),
+    ),
+    (
+        "fmnist-simo-k-small",
+        include_str!("../../presets/sweeps/fmnist-simo-k-small.toml"),
     ),
     (
         "fmnist-mocov2-k-paired",
