@@ -467,13 +467,24 @@ void check_job(const c10::intrusive_ptr<c10d::Store>& store, int rank, const std
   }
 }
 
-// Tells the other ranks that this one cannot join, and why (first failure wins).
-void record_failure(const c10::intrusive_ptr<c10d::Store>& store, int rank, const std::string& why) {
+}  // namespace
+
+// Records `message` as the job's failure in the store, unless a failure is
+// there already (the first one wins); a store that cannot be reached is
+// passed over (the caller is failing anyway).
+void record_first_failure(const c10::intrusive_ptr<c10d::Store>& store, const std::string& message) {
   try {
-    std::string m = "rank " + std::to_string(rank) + " could not join: " + why;
-    store->compareSet(kFailedKey, std::vector<uint8_t>(), std::vector<uint8_t>(m.begin(), m.end()));
+    store->compareSet(kFailedKey, std::vector<uint8_t>(),
+                      std::vector<uint8_t>(message.begin(), message.end()));
   } catch (...) {
   }
+}
+
+namespace {
+
+// Tells the other ranks that this one cannot join, and why (first failure wins).
+void record_failure(const c10::intrusive_ptr<c10d::Store>& store, int rank, const std::string& why) {
+  record_first_failure(store, "rank " + std::to_string(rank) + " could not join: " + why);
 }
 
 // Counts this rank in and waits until all `size` are, or one recorded a
@@ -760,11 +771,7 @@ extern "C" void eqco_terminate_from_thread(const char* what) {
 extern "C" void eqco_group_fail(Group* g, const char* message, double linger_s) {
   eqco::stop_watching(g);
   std::string m(message);
-  try {
-    g->store->compareSet(eqco::kFailedKey, std::vector<uint8_t>(),
-                         std::vector<uint8_t>(m.begin(), m.end()));
-  } catch (...) {
-  }
+  eqco::record_first_failure(g->store, m);
   if (g->backend) {
     eqco::abort_group(g, m);
   }
@@ -794,12 +801,7 @@ extern "C" void eqco_group_fail(Group* g, const char* message, double linger_s) 
 // waits (for the test of the watcher; eqco_group_fail is the real path).
 extern "C" void eqco_group_record_failure(Group* g, const char* message) {
   eqco::stop_watching(g);
-  try {
-    std::string m(message);
-    g->store->compareSet(eqco::kFailedKey, std::vector<uint8_t>(),
-                         std::vector<uint8_t>(m.begin(), m.end()));
-  } catch (...) {
-  }
+  eqco::record_first_failure(g->store, message);
 }
 
 // The failure another rank recorded with `eqco_group_fail` (a new C string

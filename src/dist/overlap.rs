@@ -163,23 +163,7 @@ mod tests {
 
     /// A Gloo group of one process on loopback.
     fn group_of_one() -> Arc<Group> {
-        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let env = Env {
-            rank: 0,
-            world_size: 1,
-            local_rank: 0,
-            local_world_size: 1,
-            master_addr: "127.0.0.1".into(),
-            master_port: port,
-            agent_store: false,
-            run_id: "overlap-test".into(),
-            restart_count: 0,
-            gloo_ifname: None,
-            job: "overlap-test".into(),
-        };
+        let env = Env::alone().unwrap();
         let t = Timeouts {
             join: Duration::from_secs(20),
             collective: Duration::from_secs(20),
