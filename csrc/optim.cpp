@@ -66,20 +66,24 @@ extern "C" char* eqco_zero(at::Tensor** ts, int64_t n) {
 }
 
 // *out = a new one-element float tensor on the tensors' device: 1 when any
-// element of the `n` tensors is a NaN or an infinity, else 0. Nothing is
-// read back to the host. This is torch's own fused check, the one
-// GradScaler runs over the gradients; its scale of exactly 1 leaves every
-// value as it was.
+// element of the `n` tensors is a NaN or an infinity, else 0, read from
+// each tensor's L1 norm (one fused multi-tensor pass that writes nothing:
+// a NaN or an infinity makes its sum non-finite, as does a tensor whose
+// absolute values sum past its type's range, which no trained network
+// nears). Nothing is read back to the host.
 extern "C" char* eqco_nonfinite(at::Tensor** ts, int64_t n, at::Tensor** out) {
   EQCO_TRY({
     c10::NoGradGuard no_grad;
     auto tensors = list(ts, n);
     auto device = n > 0 ? tensors[0].device() : at::Device(at::kCPU);
-    auto options = at::TensorOptions().dtype(at::kFloat).device(device);
-    auto found = at::zeros({1}, options);
+    auto found = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device));
     if (n > 0) {
-      at::_amp_foreach_non_finite_check_and_unscale_(tensors, found, at::ones({1}, options));
+      std::vector<at::Tensor> norms;
+      for (const auto& norm : at::_foreach_norm(tensors, 1)) {
+        norms.push_back(norm.to(at::kDouble));
+      }
+      found = at::stack(norms).isfinite().all().logical_not().to(at::kFloat);
     }
-    *out = new at::Tensor(found.reshape({}));
+    *out = new at::Tensor(found);
   })
 }

@@ -161,9 +161,9 @@ impl Sgd {
 }
 
 /// 1 (a scalar float tensor on their device) when any element of `tensors`
-/// is a NaN or an infinity, else 0, in one fused pass (torch's GradScaler
-/// check, csrc/optim.cpp) with nothing read to the host; 0 on the CPU for
-/// none.
+/// is a NaN or an infinity, else 0, from their L1 norms in one fused pass
+/// that reads them and writes nothing (csrc/optim.cpp), with nothing read to
+/// the host; 0 on the CPU for none.
 pub fn nonfinite(tensors: &[Tensor]) -> Result<Tensor> {
     let ptrs: Vec<*const c_void> = tensors.iter().map(shim::ptr).collect();
     let mut out: *mut c_void = std::ptr::null_mut();
@@ -251,7 +251,13 @@ mod tests {
         let before = finite.copy();
         assert_eq!(flag(&[]), 0.0);
         assert_eq!(flag(&[finite.shallow_clone(), big.shallow_clone()]), 0.0);
-        assert!(finite.equal(&before), "a scale of 1 leaves the values");
+        assert!(finite.equal(&before), "the values are left as they were");
+        // A tensor whose elements share one memory location cannot be
+        // written in place: the check only reads.
+        let shared = Tensor::from_slice(&[2.0f32]).expand([1000], false);
+        assert_eq!(flag(&[shared]), 0.0);
+        let shared_nan = Tensor::from_slice(&[f32::NAN]).expand([1000], false);
+        assert_eq!(flag(&[shared_nan]), 1.0);
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let t = Tensor::from_slice(&[0.0f32, 1.0, bad]);
             assert_eq!(flag(&[finite.shallow_clone(), t]), 1.0, "{bad}");
