@@ -282,6 +282,41 @@ fn shuffle_bn_returns_every_key_to_its_row() {
 }
 
 #[test]
+fn grouped_embeddings_under_bf16_and_channels_last_are_each_groups_own() {
+    // One autocast region and one layout change for all the groups compute
+    // what each group's own pass computes.
+    eqco::base::seed::with_torch_seed(8, || {
+        let vs = VarStore::new(Device::Cpu);
+        let compute = Compute {
+            bf16: true,
+            channels_last: true,
+            ..Compute::plain(Device::Cpu)
+        };
+        let enc = Encoder::new(
+            &vs.root(),
+            &encoder_cfg(HeadKind::MlpBn),
+            compute,
+            &Norm::Local,
+        )
+        .unwrap();
+        compute.prepare(&vs);
+        let x = Tensor::randn([12, 1, 8, 8], (Kind::Float, Device::Cpu));
+        let grouped = tch::no_grad(|| enc.embed_grouped(&x, 3, true));
+        assert_eq!(grouped.kind(), Kind::Float);
+        let each: Vec<Tensor> = x
+            .chunk(3, 0)
+            .iter()
+            .map(|g| tch::no_grad(|| enc.embed(g, true)))
+            .collect();
+        let d = (&grouped - Tensor::cat(&each, 0))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(d < 1e-6, "max difference {d}");
+    });
+}
+
+#[test]
 fn channels_last_and_bf16_encoders_agree_with_the_plain_one() {
     // Draws from libtorch's generator: under its lock, from a seed.
     eqco::base::seed::with_torch_seed(7, || {

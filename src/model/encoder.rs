@@ -79,16 +79,25 @@ impl Encoder {
     }
 
     /// Embeddings of `x` computed in `groups` equal sub-batches, each with its
-    /// own BN statistics (shuffle BN emulated on one device; 1 = the whole batch).
+    /// own BN statistics (shuffle BN emulated on one device; 1 = the whole
+    /// batch), in one autocast region and one layout change for all groups.
     pub fn embed_grouped(&self, x: &Tensor, groups: i64, train: bool) -> Tensor {
         if groups <= 1 {
             return self.embed(x, train);
         }
-        let parts: Vec<Tensor> = x
-            .chunk(groups, 0)
-            .iter()
-            .map(|g| self.embed(g, train))
-            .collect();
-        Tensor::cat(&parts, 0)
+        let z = self.compute.run(|| {
+            let parts: Vec<Tensor> = self
+                .compute
+                .layout(x)
+                .chunk(groups, 0)
+                .iter()
+                .map(|g| {
+                    self.head
+                        .forward_t(&self.backbone.forward_t(g, train), train)
+                })
+                .collect();
+            Tensor::cat(&parts, 0)
+        });
+        l2_normalize(&float32(&z))
     }
 }
