@@ -8,7 +8,9 @@
 // the same order. After backward, `finish` launches the buckets whose hooks
 // did not all fire (with the gradients that exist then, as the averaging
 // after backward does), waits for every Work, divides by the world size and
-// copies the sums back into the gradients.
+// copies the sums back into the gradients. As DDP's reducer, the hooks
+// record the order in which backward produced the gradients, and the buckets
+// can be rebuilt in that order after the first step (`eqco_overlap_rebuild`).
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/function.h>
@@ -48,6 +50,9 @@ struct Overlap {
   std::vector<std::string> names;
   std::vector<size_t> bucket_of;
   std::vector<bool> fired;
+  // The parameters in the order their gradients were first accumulated in
+  // the current (or last) step.
+  std::vector<size_t> order;
   std::vector<Bucket> buckets;
   // The next bucket to launch.
   size_t next = 0;
@@ -99,6 +104,7 @@ struct Overlap {
         return;
       }
       fired[i] = true;
+      order.push_back(i);
       b.ready += 1;
       while (next < buckets.size() && buckets[next].ready == buckets[next].members.size()) {
         launch(buckets[next]);
@@ -108,6 +114,24 @@ struct Overlap {
       error = e.what_without_backtrace();
     } catch (const std::exception& e) {
       error = e.what();
+    }
+  }
+
+  // Puts parameter i in bucket `bucket_of[i]` (numbered in launch order).
+  void assign(const int64_t* bucket_of_in) {
+    int64_t count = 0;
+    for (size_t i = 0; i < params.size(); ++i) {
+      TORCH_CHECK(bucket_of_in[i] >= 0, "a negative gradient bucket");
+      count = std::max(count, bucket_of_in[i] + 1);
+    }
+    bucket_of.assign(bucket_of_in, bucket_of_in + params.size());
+    buckets.clear();
+    buckets.resize(count);
+    for (size_t i = 0; i < params.size(); ++i) {
+      buckets[bucket_of[i]].members.push_back(i);
+    }
+    for (const auto& b : buckets) {
+      TORCH_CHECK(!b.members.empty(), "a gradient bucket without parameters");
     }
   }
 
@@ -121,6 +145,7 @@ struct Overlap {
       b.work.reset();
     }
     fired.assign(params.size(), false);
+    order.clear();
     next = 0;
     error.clear();
     armed = true;
@@ -184,20 +209,11 @@ extern "C" char* eqco_overlap_new(Group* g, at::Tensor** params, const char** na
     auto o = std::make_unique<Overlap>();
     o->group = g;
     o->size = eqco::group_size(g);
-    int64_t buckets = 0;
     for (int64_t i = 0; i < n; ++i) {
       o->params.push_back(*params[i]);
       o->names.emplace_back(names[i]);
-      o->bucket_of.push_back(static_cast<size_t>(bucket_of[i]));
-      buckets = std::max(buckets, bucket_of[i] + 1);
     }
-    o->buckets.resize(buckets);
-    for (int64_t i = 0; i < n; ++i) {
-      o->buckets[bucket_of[i]].members.push_back(i);
-    }
-    for (const auto& b : o->buckets) {
-      TORCH_CHECK(!b.members.empty(), "a gradient bucket without parameters");
-    }
+    o->assign(bucket_of);
     o->fired.assign(n, false);
     Overlap* raw = o.get();
     for (int64_t i = 0; i < n; ++i) {
@@ -224,6 +240,29 @@ extern "C" char* eqco_overlap_prepare(Overlap* o) { EQCO_TRY(o->prepare()) }
 // buckets launched during backward.
 extern "C" char* eqco_overlap_finish(Overlap* o, int64_t* early) {
   EQCO_TRY(*early = o->finish())
+}
+
+// The parameters in the order backward first accumulated their gradients in
+// the last step: out[0..*n] (at most `cap`), the ones without a gradient left out.
+extern "C" char* eqco_overlap_ready_order(Overlap* o, int64_t* out, int64_t cap, int64_t* n) {
+  EQCO_TRY({
+    std::lock_guard<std::mutex> lock(o->mu);
+    TORCH_CHECK(!o->armed, "the gradient order read during backward");
+    *n = 0;
+    for (size_t i : o->order) {
+      TORCH_CHECK(*n < cap, "more gradients than parameters");
+      out[(*n)++] = static_cast<int64_t>(i);
+    }
+  })
+}
+
+// New buckets between steps: parameter i in bucket `bucket_of[i]`.
+extern "C" char* eqco_overlap_rebuild(Overlap* o, const int64_t* bucket_of) {
+  EQCO_TRY({
+    std::lock_guard<std::mutex> lock(o->mu);
+    TORCH_CHECK(!o->armed, "gradient buckets rebuilt during backward");
+    o->assign(bucket_of);
+  })
 }
 
 // Removes the hooks and frees `o`.

@@ -116,6 +116,13 @@ extern "C" {
     ) -> *mut c_char;
     pub(crate) fn eqco_overlap_prepare(o: *mut c_void) -> *mut c_char;
     pub(crate) fn eqco_overlap_finish(o: *mut c_void, early: *mut i64) -> *mut c_char;
+    pub(crate) fn eqco_overlap_ready_order(
+        o: *mut c_void,
+        out: *mut i64,
+        cap: i64,
+        n: *mut i64,
+    ) -> *mut c_char;
+    pub(crate) fn eqco_overlap_rebuild(o: *mut c_void, bucket_of: *const i64) -> *mut c_char;
     pub(crate) fn eqco_overlap_free(o: *mut c_void);
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn eqco_sync_batch_norm(

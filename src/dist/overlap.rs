@@ -4,13 +4,15 @@
 //! gradient accumulator starts its bucket's all-reduce as soon as the last
 //! of the bucket's gradients is accumulated, and [`Overlap::finish`], after
 //! backward, launches what is left, waits and divides by the world size:
-//! the same sums and the same division as [`Group::average`].
+//! the same sums and the same division as [`Group::average`]. After the
+//! first step the buckets are rebuilt in the order backward produced the
+//! gradients, rank 0's order for every rank (DDP's `rebuild_buckets`).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_void, CString};
 use std::sync::Arc;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use super::Group;
 use crate::base::error::{Error, Result};
@@ -28,8 +30,17 @@ pub const BUCKET_BYTES: usize = 25 << 20;
 pub struct Overlap {
     ptr: *mut c_void,
     group: Arc<Group>,
-    /// The buckets, each a list of indices into the parameters given.
-    buckets: Vec<Vec<usize>>,
+    /// Each parameter's gradient as sent, in bytes (float32).
+    sizes: Vec<usize>,
+    /// The first bucket's cap and the others', in bytes.
+    caps: (usize, usize),
+    /// The parameters' device, where the agreed order is broadcast.
+    device: Device,
+    /// The buckets in launch order, each a list of indices into the
+    /// parameters given.
+    buckets: RefCell<Vec<Vec<usize>>>,
+    /// Whether the buckets follow the first step's gradient order yet.
+    rebuilt: Cell<bool>,
     /// Buckets launched during backward, and in all, over the steps so far.
     launched: Cell<(u64, u64)>,
 }
@@ -42,7 +53,8 @@ impl Overlap {
     /// Hooks `params` (`(name, tensor)`, leaves that require a gradient, in
     /// the order the model defines them): buckets are filled from the last
     /// parameter backwards, the first up to [`FIRST_BUCKET_BYTES`], the
-    /// others up to [`BUCKET_BYTES`].
+    /// others up to [`BUCKET_BYTES`], and refilled after the first step in
+    /// the order its gradients came.
     pub fn new(group: Arc<Group>, params: &[(String, Tensor)]) -> Result<Overlap> {
         Overlap::with_caps(group, params, FIRST_BUCKET_BYTES, BUCKET_BYTES)
     }
@@ -57,6 +69,7 @@ impl Overlap {
     ) -> Result<Overlap> {
         let sizes: Vec<usize> = params.iter().map(|(_, t)| 4 * t.numel()).collect();
         let bucket_of = buckets(&sizes, first, rest);
+        let device = params.first().map_or(Device::Cpu, |(_, t)| t.device());
         let names = params
             .iter()
             .map(|(n, _)| CString::new(n.as_str()))
@@ -79,21 +92,21 @@ impl Overlap {
             )
         };
         shim::check("hooking the gradient accumulators", err)?;
-        let mut grouped = vec![Vec::new(); bucket_of.iter().max().map_or(0, |m| m + 1)];
-        for (i, &b) in bucket_of.iter().enumerate() {
-            grouped[b].push(i);
-        }
         Ok(Overlap {
             ptr,
             group,
-            buckets: grouped,
+            sizes,
+            caps: (first, rest),
+            device,
+            buckets: RefCell::new(members(&bucket_of)),
+            rebuilt: Cell::new(false),
             launched: Cell::new((0, 0)),
         })
     }
 
     /// The buckets, in launch order, as indices into the parameters given.
-    pub fn buckets(&self) -> &[Vec<usize>] {
-        &self.buckets
+    pub fn buckets(&self) -> Vec<Vec<usize>> {
+        self.buckets.borrow().clone()
     }
 
     /// Arms the hooks for the next backward pass.
@@ -114,8 +127,48 @@ impl Overlap {
         let err = unsafe { shim::eqco_overlap_finish(self.ptr, &mut early) };
         shim::check("averaging the gradients", err).map_err(|e| self.group.failed(e))?;
         let (e, all) = self.launched.get();
-        self.launched
-            .set((e + early as u64, all + self.buckets.len() as u64));
+        let count = self.buckets.borrow().len() as u64;
+        self.launched.set((e + early as u64, all + count));
+        if !self.rebuilt.get() {
+            self.rebuild()?;
+        }
+        Ok(())
+    }
+
+    /// The buckets refilled in the order backward produced the gradients in
+    /// the step just finished (DDP's rebuilt buckets): rank 0's order,
+    /// broadcast so that every rank launches the same buckets, with the
+    /// parameters that had no gradient after the others, last first.
+    fn rebuild(&self) -> Result<()> {
+        let n = self.sizes.len();
+        let mut seen = vec![0i64; n];
+        let mut count = 0i64;
+        // SAFETY: a live overlap between steps; `seen` holds `n` slots.
+        let err = unsafe {
+            shim::eqco_overlap_ready_order(self.ptr, seen.as_mut_ptr(), n as i64, &mut count)
+        };
+        shim::check("reading the gradients' order", err)?;
+        seen.truncate(count as usize);
+        let mine = launch_order(&seen, n);
+        let agreed = Tensor::from_slice(&mine).to_device(self.device);
+        self.group.broadcast(&agreed, 0)?;
+        let order: Vec<i64> = Vec::try_from(agreed.to_device(Device::Cpu))?;
+        let order = as_permutation(&order, n).ok_or_else(|| {
+            Error::Dist(format!(
+                "rank {}: rank 0's gradient order does not match this rank's {n} parameters",
+                self.group.rank
+            ))
+        })?;
+        let bucket_of: Vec<i64> = fill(&order, &self.sizes, self.caps.0, self.caps.1)
+            .iter()
+            .map(|&b| b as i64)
+            .collect();
+        // SAFETY: a live overlap between steps; one bucket per parameter.
+        let err = unsafe { shim::eqco_overlap_rebuild(self.ptr, bucket_of.as_ptr()) };
+        shim::check("rebuilding the gradient buckets", err)?;
+        let bucket_of: Vec<usize> = bucket_of.iter().map(|&b| b as usize).collect();
+        self.buckets.replace(members(&bucket_of));
+        self.rebuilt.set(true);
         Ok(())
     }
 
@@ -139,9 +192,17 @@ impl Drop for Overlap {
 /// last backwards, a bucket closed when the next would pass its cap
 /// (`first` for bucket 0, `rest` after); every bucket holds at least one.
 pub fn buckets(sizes: &[usize], first: usize, rest: usize) -> Vec<usize> {
+    let backwards: Vec<usize> = (0..sizes.len()).rev().collect();
+    fill(&backwards, sizes, first, rest)
+}
+
+/// The bucket of each of `sizes` (bytes, in model order) when the
+/// parameters are taken in `order` (a permutation of their indices), as
+/// [`buckets`] takes them last first.
+pub fn fill(order: &[usize], sizes: &[usize], first: usize, rest: usize) -> Vec<usize> {
     let mut out = vec![0; sizes.len()];
     let (mut bucket, mut bytes, mut empty) = (0, 0, true);
-    for i in (0..sizes.len()).rev() {
+    for &i in order {
         let cap = if bucket == 0 { first } else { rest };
         if !empty && bytes + sizes[i] > cap {
             bucket += 1;
@@ -152,6 +213,35 @@ pub fn buckets(sizes: &[usize], first: usize, rest: usize) -> Vec<usize> {
         empty = false;
     }
     out
+}
+
+/// The launch order from the gradients `seen` in a step (indices in the
+/// order they came): those, then the `n` parameters' others, last first.
+fn launch_order(seen: &[i64], n: usize) -> Vec<i64> {
+    let mut order = seen.to_vec();
+    order.extend((0..n as i64).rev().filter(|i| !seen.contains(i)));
+    order
+}
+
+/// `order` as indices when it holds each of 0..n once.
+fn as_permutation(order: &[i64], n: usize) -> Option<Vec<usize>> {
+    let mut hit = vec![false; n];
+    for &i in order {
+        let slot = hit.get_mut(usize::try_from(i).ok()?)?;
+        if std::mem::replace(slot, true) {
+            return None;
+        }
+    }
+    (order.len() == n).then(|| order.iter().map(|&i| i as usize).collect())
+}
+
+/// Each bucket's parameters from the bucket of each parameter.
+fn members(bucket_of: &[usize]) -> Vec<Vec<usize>> {
+    let mut grouped = vec![Vec::new(); bucket_of.iter().max().map_or(0, |m| m + 1)];
+    for (i, &b) in bucket_of.iter().enumerate() {
+        grouped[b].push(i);
+    }
+    grouped
 }
 
 #[cfg(test)]
@@ -214,6 +304,49 @@ mod tests {
         // b's hook fired once although b is used twice; b's and a's buckets
         // began during backward, the other two after.
         assert_eq!(o.overlapped_share(), Some(0.5));
+    }
+
+    #[test]
+    fn buckets_follow_the_first_steps_gradient_order_after_it() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        // Model order: `unused`, `a`, `b`; backward reaches `a` before `b`
+        // (`a` multiplies the last result of the forward pass).
+        let unused = root.var("unused", &[4], nn::Init::Const(1.0));
+        let a = root.var("a", &[4], nn::Init::Const(2.0));
+        let b = root.var("b", &[4], nn::Init::Const(3.0));
+        let params: Vec<(String, Tensor)> = [("unused", &unused), ("a", &a), ("b", &b)]
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.shallow_clone()))
+            .collect();
+        // One parameter (16 bytes) per bucket, last first: b, a, unused.
+        let o = Overlap::with_caps(group_of_one(), &params, 16, 16).unwrap();
+        assert_eq!(o.buckets(), [vec![2], vec![1], vec![0]]);
+        let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]);
+        for step in 1..=2 {
+            o.prepare().unwrap();
+            let inner = (&b * &x).sum(Kind::Float);
+            (&a * inner).sum(Kind::Float).backward();
+            o.finish().unwrap();
+            // a's gradient came first, then b's; `unused` had none.
+            assert_eq!(o.buckets(), [vec![1], vec![2], vec![0]], "step {step}");
+            let want_a = Tensor::full([4], 30.0 * step as f64, (Kind::Float, Device::Cpu));
+            assert!(a.grad().equal(&want_a), "step {step}");
+            assert!(b.grad().equal(&(&x * 8.0 * step as f64)), "step {step}");
+        }
+    }
+
+    #[test]
+    fn the_launch_order_puts_the_parameters_without_a_gradient_last() {
+        assert_eq!(launch_order(&[2, 0], 4), vec![2, 0, 3, 1]);
+        assert_eq!(launch_order(&[], 2), vec![1, 0]);
+        assert_eq!(as_permutation(&[2, 0, 1], 3), Some(vec![2, 0, 1]));
+        assert_eq!(as_permutation(&[2, 0, 0], 3), None);
+        assert_eq!(as_permutation(&[2, 0], 3), None);
+        assert_eq!(as_permutation(&[3, 0, 1], 3), None);
+        assert_eq!(as_permutation(&[-1, 0, 1], 3), None);
+        // Two 8-byte parameters fit the first bucket in the given order.
+        assert_eq!(fill(&[1, 2, 0], &[8, 8, 8], 16, 16), vec![1, 0, 0]);
     }
 
     #[test]
