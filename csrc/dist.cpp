@@ -38,18 +38,34 @@ namespace eqco {
 // the compute stream is held up by the collective (waiting for the peers
 // included). Reading an interval needs both events complete: finished ones
 // are read after each collective without waiting, the rest when the total
-// is asked for.
+// is asked for. Events whose interval was read are kept and recorded again
+// (about 60 collectives a step would otherwise create and destroy 120).
 struct CommClock {
   bool on_device = false;
   c10::Device device{c10::DeviceType::CPU};
   double seconds = 0.0;
   std::deque<std::pair<std::unique_ptr<c10::Event>, std::unique_ptr<c10::Event>>> pending;
+  std::vector<std::unique_ptr<c10::Event>> spare;
   std::mutex mutex;
 
-  // Adds the intervals whose end has completed, oldest first (caller holds `mutex`).
+  // An event for timing, reused when one is spare (caller holds `mutex`).
+  std::unique_ptr<c10::Event> take() {
+    if (spare.empty()) {
+      return std::make_unique<c10::Event>(device.type(), c10::EventFlag::BACKEND_DEFAULT);
+    }
+    auto event = std::move(spare.back());
+    spare.pop_back();
+    return event;
+  }
+
+  // Adds the intervals whose end has completed, oldest first, and keeps
+  // their events (caller holds `mutex`).
   void add_finished() {
     while (!pending.empty() && pending.front().second->query()) {
-      seconds += pending.front().first->elapsedTime(*pending.front().second) / 1000.0;
+      auto& [start, end] = pending.front();
+      seconds += start->elapsedTime(*end) / 1000.0;
+      spare.push_back(std::move(start));
+      spare.push_back(std::move(end));
       pending.pop_front();
     }
   }
@@ -146,7 +162,10 @@ class Timed {
       return;
     }
     try {
-      start_ = std::make_unique<c10::Event>(clock_.device.type(), c10::EventFlag::BACKEND_DEFAULT);
+      {
+        std::lock_guard<std::mutex> lock(clock_.mutex);
+        start_ = clock_.take();
+      }
       start_->record(compute_stream(clock_.device));
     } catch (...) {
       start_.reset();
@@ -164,9 +183,9 @@ class Timed {
       if (!start_) {
         return;
       }
-      auto end = std::make_unique<c10::Event>(clock_.device.type(), c10::EventFlag::BACKEND_DEFAULT);
-      end->record(compute_stream(clock_.device));
       std::lock_guard<std::mutex> lock(clock_.mutex);
+      auto end = clock_.take();
+      end->record(compute_stream(clock_.device));
       clock_.pending.emplace_back(std::move(start_), std::move(end));
       clock_.add_finished();
     } catch (...) {
