@@ -479,6 +479,7 @@ fn the_long_sweep_presets_run_at_tiny_size_and_report_the_seed_spread() {
         ("fmnist-mocov2-k-paired", 12, 4),
         ("fmnist-simo-table6", 2, 1),
         ("fmnist-simo-table7", 2, 1),
+        ("fmnist-simclr-alpha-paired", 2, 1),
     ] {
         let out = tmp.path().join(preset);
         let mut args: Vec<String> = vec![

@@ -99,7 +99,7 @@ pub struct SweepConfig {
 }
 
 /// The sweep presets compiled into the binary: `(name, TOML)`.
-pub const SWEEP_PRESETS: [(&str, &str); 14] = [
+pub const SWEEP_PRESETS: [(&str, &str); 15] = [
     (
         "fmnist-simo-k",
         include_str!("../../presets/sweeps/fmnist-simo-k.toml"),
@@ -155,6 +155,10 @@ pub const SWEEP_PRESETS: [(&str, &str); 14] = [
     (
         "fmnist-simo-table7",
         include_str!("../../presets/sweeps/fmnist-simo-table7.toml"),
+    ),
+    (
+        "fmnist-simclr-alpha-paired",
+        include_str!("../../presets/sweeps/fmnist-simclr-alpha-paired.toml"),
     ),
 ];
 

@@ -17,7 +17,8 @@ pub struct SweepArgs {
     /// fmnist-mocov2-alpha, fmnist-mocov2-n, fmnist-precision,
     /// fmnist-simo-k-long, fmnist-mocov2-k-long, fmnist-simo-k-paired,
     /// fmnist-simo-k16-more-seeds, fmnist-simo-k-small, fmnist-mocov2-k-paired,
-    /// fmnist-simo-table6, fmnist-simo-table7) or a sweep .toml file.
+    /// fmnist-simo-table6, fmnist-simo-table7, fmnist-simclr-alpha-paired) or
+    /// a sweep .toml file.
     #[arg(long, default_value = "fmnist-simo-k")]
     pub config: String,
     /// Set a pretraining key for every run (repeatable), e.g. --set epochs=1.
