@@ -52,10 +52,11 @@ impl Default for DistConfig {
 impl DistConfig {
     /// Checks every key of the section; the error names the key.
     pub fn validate(&self) -> Result<()> {
-        for (key, value) in [
-            ("dist_timeout", self.dist_timeout.unwrap_or(1.0)),
-            ("dist_join_timeout", self.dist_join_timeout),
-        ] {
+        let set = [
+            ("dist_timeout", self.dist_timeout),
+            ("dist_join_timeout", Some(self.dist_join_timeout)),
+        ];
+        for (key, value) in set.into_iter().filter_map(|(k, v)| Some((k, v?))) {
             if !(value.is_finite() && value > 0.0) {
                 return Err(Error::config(
                     key,
@@ -116,5 +117,21 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn validation_names_the_key_and_leaves_an_unset_wait_alone() {
+        assert!(DistConfig::default().validate().is_ok());
+        let named = |cfg: DistConfig| cfg.validate().unwrap_err().to_string();
+        let timeout = named(DistConfig {
+            dist_timeout: Some(f64::NAN),
+            ..DistConfig::default()
+        });
+        assert!(timeout.contains("dist_timeout"), "{timeout}");
+        let join = named(DistConfig {
+            dist_join_timeout: -1.0,
+            ..DistConfig::default()
+        });
+        assert!(join.contains("dist_join_timeout"), "{join}");
     }
 }
