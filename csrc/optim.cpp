@@ -78,11 +78,8 @@ extern "C" char* eqco_nonfinite(at::Tensor** ts, int64_t n, at::Tensor** out) {
     auto device = n > 0 ? tensors[0].device() : at::Device(at::kCPU);
     auto found = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device));
     if (n > 0) {
-      std::vector<at::Tensor> norms;
-      for (const auto& norm : at::_foreach_norm(tensors, 1)) {
-        norms.push_back(norm.to(at::kDouble));
-      }
-      found = at::stack(norms).isfinite().all().logical_not().to(at::kFloat);
+      // One stack of the norms (promoted to the widest of their types).
+      found = at::stack(at::_foreach_norm(tensors, 1)).isfinite().all().logical_not().to(at::kFloat);
     }
     *out = new at::Tensor(found);
   })

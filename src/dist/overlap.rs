@@ -159,14 +159,11 @@ impl Overlap {
                 self.group.rank
             ))
         })?;
-        let bucket_of: Vec<i64> = fill(&order, &self.sizes, self.caps.0, self.caps.1)
-            .iter()
-            .map(|&b| b as i64)
-            .collect();
+        let bucket_of = fill(&order, &self.sizes, self.caps.0, self.caps.1);
+        let indices: Vec<i64> = bucket_of.iter().map(|&b| b as i64).collect();
         // SAFETY: a live overlap between steps; one bucket per parameter.
-        let err = unsafe { shim::eqco_overlap_rebuild(self.ptr, bucket_of.as_ptr()) };
+        let err = unsafe { shim::eqco_overlap_rebuild(self.ptr, indices.as_ptr()) };
         shim::check("rebuilding the gradient buckets", err)?;
-        let bucket_of: Vec<usize> = bucket_of.iter().map(|&b| b as usize).collect();
         self.buckets.replace(members(&bucket_of));
         self.rebuilt.set(true);
         Ok(())

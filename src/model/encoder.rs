@@ -71,11 +71,17 @@ impl Encoder {
     /// The head's float32 output `[N, embed]` of images `[N, C, H, W]`,
     /// before the L2 normalisation.
     pub fn project(&self, x: &Tensor, train: bool) -> Tensor {
-        let z = self.compute.run(|| {
-            let features = self.backbone.forward_t(&self.compute.layout(x), train);
-            self.head.forward_t(&features, train)
-        });
+        let z = self
+            .compute
+            .run(|| self.head_of_backbone(&self.compute.layout(x), train));
         float32(&z)
+    }
+
+    /// The head on the backbone's features of `x`, already in the layout,
+    /// in the caller's precision.
+    fn head_of_backbone(&self, x: &Tensor, train: bool) -> Tensor {
+        self.head
+            .forward_t(&self.backbone.forward_t(x, train), train)
     }
 
     /// Embeddings of `x` computed in `groups` equal sub-batches, each with its
@@ -91,10 +97,7 @@ impl Encoder {
                 .layout(x)
                 .chunk(groups, 0)
                 .iter()
-                .map(|g| {
-                    self.head
-                        .forward_t(&self.backbone.forward_t(g, train), train)
-                })
+                .map(|g| self.head_of_backbone(g, train))
                 .collect();
             Tensor::cat(&parts, 0)
         });
