@@ -5,6 +5,7 @@
 // this compiles against the CPU headers too; on a machine without CUDA each
 // call returns an error.
 #include <ATen/ATen.h>
+#include <ATen/core/CachingHostAllocator.h>
 #include <c10/core/Event.h>
 #include <c10/core/Stream.h>
 #include <c10/core/StreamGuard.h>
@@ -22,6 +23,31 @@ extern "C" char* eqco_pinned_empty(int64_t numel, int int64, at::Tensor** out) {
     auto dtype = int64 ? at::kLong : at::kFloat;
     auto t = at::empty({numel}, at::TensorOptions().dtype(dtype).pinned_memory(true));
     *out = new at::Tensor(std::move(t));
+  })
+}
+
+// The page-locked bytes the CUDA caching host allocator holds now
+// (*current, its blocks in use and cached) and has held at most (*peak):
+// each block counted at its rounded size, a power of two. An error where
+// no CUDA host allocator is registered (a CPU-only libtorch).
+extern "C" char* eqco_pinned_stats(int64_t* current, int64_t* peak) {
+  EQCO_TRY({
+    auto stats = at::getHostAllocator(at::kCUDA)->get_stats();
+    *current = stats.allocated_bytes.current;
+    *peak = stats.allocated_bytes.peak;
+  })
+}
+
+// Hands the CUDA caching host allocator's free blocks back to the driver:
+// a freed pinned block is otherwise kept, still page-locked, for a later
+// request of its size. A freed block waits for events recorded on the
+// streams that copied out of it, so CUDA device `index` is synchronised
+// first: then every such event has completed and every free block goes.
+extern "C" char* eqco_pinned_release_cached(int index) {
+  EQCO_TRY({
+    c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)
+        ->synchronizeDevice(static_cast<c10::DeviceIndex>(index));
+    at::getHostAllocator(at::kCUDA)->empty_cache();
   })
 }
 

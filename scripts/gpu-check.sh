@@ -15,7 +15,9 @@
 #      uninterrupted, beside a second uninterrupted run that measures the
 #      device's own nondeterminism (cuDNN's algorithm choice and atomics):
 #      the resumed losses must equal the uninterrupted ones within it;
-#   3. eqco eval knn on the device;
+#   3. eqco eval knn on the device, and a run with the kNN monitor under a
+#      24 MiB pinned_memory_mib whose page-locked peak (the CUDA host
+#      allocator's count, blocks at their rounded size) must stay under it;
 #   4. SiMo and SimCLR with sync BN in a process group of one
 #      (dist_one_rank_group: NCCL's communicator, the SyncBN function, the
 #      gathers and the overlapped all-reduce all run on one GPU), with
@@ -45,7 +47,7 @@ BIN="$ROOT/target/release/eqco"
 DATA=""
 PY=""
 DIR="$ROOT/runs/gpu-check"
-usage() { sed -n 2,38p "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n 2,40p "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) DEVICE=$2; shift 2 ;;
@@ -203,6 +205,30 @@ knn() {
         --bank 10000 --device "$DEVICE" --out "$DIR/knn"
 }
 
+# The page-locked memory cap, rounding included: a run with the kNN
+# monitor at every epoch under pinned_memory_mib = 24 (its 16 MiB block for
+# the trainer's pool, the monitor's beside it) must hold at most 24 MiB at
+# once by the CUDA host allocator's own count (summary.json's
+# pinned_peak_bytes). On the CPU nothing is locked and the figure is absent.
+pinned() {
+    local r=$DIR/pinned
+    "$BIN" pretrain "${SMALL[@]}" --set knn_every=1 --set pinned_memory_mib=24 --out "$r" >"$r.log" 2>&1 \
+        || { tail -20 "$r.log"; return 1; }
+    grep -h -m1 '^pinned batch pool' "$r.log"
+    "$PY" - "$r/summary.json" "$DEVICE" <<'EOF'
+import json, sys
+s, device = json.load(open(sys.argv[1])), sys.argv[2]
+peak = s.get("pinned_peak_bytes")
+if device == "cpu":
+    assert peak is None, f"pinned_peak_bytes on the CPU: {peak}"
+    print("CPU: nothing page-locked, no pinned_peak_bytes (as it should be)")
+    sys.exit(0)
+assert peak is not None, "no pinned_peak_bytes in summary.json"
+print(f"page-locked at most: {peak / 2**20:.1f} MiB (cap 24 MiB)")
+assert 0 < peak <= 24 * 2**20, f"{peak} bytes > the 24 MiB cap"
+EOF
+}
+
 # One epoch (19 steps) of PRESET in a process group of one with sync BN,
 # into DIR/NAME.
 one_rank() {
@@ -297,6 +323,7 @@ step "machine" machine
 step "bench train, fp32 and bf16, against PyTorch ($DEVICE)" bench_train
 step "pretrain, cut at step 23 and resumed, against the uninterrupted run ($DEVICE)" resume
 step "eval knn ($DEVICE)" knn
+step "pinned memory under pinned_memory_mib, rounding and the kNN monitor included ($DEVICE)" pinned
 step "sync BN in a group of one on $BACKEND, overlap on and off (SiMo, SimCLR)" sync_bn
 step "a failure in a group of one on $BACKEND ends the rank within seconds" failure
 if [ "$DEVICE" = cpu ] || [ "$GPUS" -ge 2 ]; then

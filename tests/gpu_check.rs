@@ -101,6 +101,7 @@ fn the_gpu_check_passes_on_the_cpu_and_writes_only_its_folder() {
     for step in [
         "sync BN in a group of one on gloo",
         "a failure in a group of one on gloo",
+        "pinned memory under pinned_memory_mib",
     ] {
         assert!(said.contains(&format!("--- ok: {step}")), "{step}:\n{said}");
     }

@@ -6,7 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use eqco::data::formats;
-use eqco::data::{Dataset, Loader, LoaderConfig, Normalize, OpenOptions, Recipe, RecipeName};
+use eqco::data::{
+    Dataset, Loader, LoaderConfig, Normalize, OpenOptions, PinnedCap, Recipe, RecipeName,
+};
 use tch::Tensor;
 
 fn cifar(n_per_batch: usize) -> (tempfile::TempDir, Arc<Dataset>) {
@@ -288,7 +290,7 @@ fn the_staging_pool_stays_under_its_cap() {
             batch_size: 64,
             threads,
             prefetch: 2,
-            staging_mib: mib,
+            pinned: PinnedCap::new(mib, 1),
             stage_on_cpu: true,
             ..Default::default()
         };
@@ -302,7 +304,7 @@ fn the_staging_pool_stays_under_its_cap() {
         (3, 4, batch)
     );
     let tight = loader(3, 4).staging_plan(2).unwrap();
-    assert!(tight.total_bytes() <= 4 << 20, "{tight}");
+    assert!(tight.pinned_bytes() <= 4 << 20, "{tight}");
     assert_eq!((tight.workers, tight.slots_per_worker), (2, 1));
     // Training through the tight pool still visits every batch in order.
     let l = loader(3, 4);
@@ -316,8 +318,7 @@ fn the_staging_pool_stays_under_its_cap() {
             batch_size: 64,
             threads: 3,
             prefetch: 2,
-            staging_mib: 8,
-            local_processes: 2,
+            pinned: PinnedCap::new(8, 2),
             stage_on_cpu: true,
             ..Default::default()
         },

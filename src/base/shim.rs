@@ -28,6 +28,8 @@ extern "C" {
     pub(crate) fn eqco_pinned_empty(numel: i64, int64: c_int, out: *mut *mut c_void)
         -> *mut c_char;
     pub(crate) fn eqco_is_pinned(t: *const c_void) -> c_int;
+    pub(crate) fn eqco_pinned_stats(current: *mut i64, peak: *mut i64) -> *mut c_char;
+    pub(crate) fn eqco_pinned_release_cached(index: c_int) -> *mut c_char;
     pub(crate) fn eqco_set_device(index: c_int) -> *mut c_char;
     pub(crate) fn eqco_event_synchronize(event: *mut c_void) -> *mut c_char;
     pub(crate) fn eqco_event_query(event: *const c_void, done: *mut c_int) -> *mut c_char;

@@ -29,7 +29,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::staging::{Lease, PinnedCap, PoolPlan, StagingPool};
 use super::{Dataset, Recipe};
-use crate::base::device::memory::{set_thread_device, CopyStream};
+use crate::base::device::memory::{
+    pinned_stats, release_cached_pinned, set_thread_device, CopyStream,
+};
 use crate::base::error::{Error, Result};
 use crate::base::seed::derive;
 
@@ -56,12 +58,11 @@ pub struct LoaderConfig {
     pub device: Device,
     /// Write the views channels-last (NHWC memory, seen as NCHW).
     pub channels_last: bool,
-    /// Cap of the staging pools of this machine, in MiB (the
-    /// `pinned_memory_mib` key), shared by its `local_processes`.
-    pub staging_mib: usize,
-    /// Processes of this machine whose staging pools share `staging_mib`
-    /// (`LOCAL_WORLD_SIZE`): each gets an equal share.
-    pub local_processes: usize,
+    /// The cap of page-locked memory for batches (the `pinned_memory_mib`
+    /// key, shared by the machine's `LOCAL_WORLD_SIZE` processes); a pool
+    /// takes what this process's share has left beside its other pinned
+    /// memory (the trainer's pool, for an evaluation during training).
+    pub pinned: PinnedCap,
     /// Pass batches through the staging pool on the CPU too (always done
     /// for a GPU, where its buffers are page-locked): the same path, with
     /// plain memory and a copy, so that it can be tested without a GPU.
@@ -83,8 +84,7 @@ impl Default for LoaderConfig {
             drop_last: true,
             device: Device::Cpu,
             channels_last: false,
-            staging_mib: 4096,
-            local_processes: 1,
+            pinned: PinnedCap::new(4096, 1),
             stage_on_cpu: false,
             shard: (0, 1),
         }
@@ -95,6 +95,27 @@ impl LoaderConfig {
     /// Whether batches pass through the staging pool.
     fn staged(&self) -> bool {
         self.device.is_cuda() || self.stage_on_cpu
+    }
+}
+
+/// How a pass over images is fed: its loader threads, and the cap its
+/// page-locked pool shares (the trainer's, for the kNN monitor: the pool
+/// then takes what the trainer's leaves of the process's share).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Feed {
+    /// Loader threads.
+    pub threads: usize,
+    /// The cap of page-locked memory for batches.
+    pub pinned: PinnedCap,
+}
+
+impl Feed {
+    /// `threads` threads under the default cap, alone on the machine.
+    pub fn threads(threads: usize) -> Feed {
+        Feed {
+            threads,
+            pinned: LoaderConfig::default().pinned,
+        }
     }
 }
 
@@ -226,24 +247,52 @@ impl Loader {
         })
     }
 
-    /// The staging pool's layout for batches of `views` views, under this
-    /// process's share of the configured cap (an error naming
-    /// `pinned_memory_mib` if not even one batch fits).
+    /// The staging pool's layout for batches of `views` views: the pool's
+    /// own once made, else what this process's share of the cap has room
+    /// for now (an error naming `pinned_memory_mib` if not even one batch
+    /// fits).
     pub fn staging_plan(&self, views: usize) -> Result<PoolPlan> {
-        PoolPlan::new(
+        let slot_len = self.slot_len(views);
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        match pool.as_ref().filter(|p| p.slot_len() == slot_len) {
+            Some(p) => Ok(p.plan()),
+            None => self.plan_pool(slot_len),
+        }
+    }
+
+    /// The largest pool of slots of `slot_len` floats that fits beside the
+    /// page-locked memory this process holds now.
+    fn plan_pool(&self, slot_len: usize) -> Result<PoolPlan> {
+        PoolPlan::within(
             self.cfg.threads,
             self.cfg.prefetch,
-            4 * self.batch_len(
-                views,
-                self.cfg.batch_size.min(self.images.len()) / self.cfg.shard.1.max(1),
-            ),
-            self.pinned_cap(),
+            4 * slot_len,
+            self.cfg.pinned,
+            self.pinned_held()?,
         )
+    }
+
+    /// Page-locked bytes this process holds (0 on the CPU, where nothing
+    /// is locked): the CUDA host allocator's own count, once the blocks it
+    /// keeps cached have gone back to the driver.
+    fn pinned_held(&self) -> Result<usize> {
+        if !self.cfg.device.is_cuda() {
+            return Ok(0);
+        }
+        release_cached_pinned(self.cfg.device)?;
+        Ok(pinned_stats().map_or(0, |s| s.current as usize))
     }
 
     /// The cap of page-locked memory and how many processes of this machine share it.
     pub fn pinned_cap(&self) -> PinnedCap {
-        PinnedCap::new(self.cfg.staging_mib, self.cfg.local_processes)
+        self.cfg.pinned
+    }
+
+    /// Floats in one slot: a batch of `views` views of this rank's share of
+    /// the global batch, and its labels.
+    fn slot_len(&self, views: usize) -> usize {
+        let n = self.cfg.batch_size.min(self.images.len()) / self.cfg.shard.1.max(1);
+        self.batch_len(views, n)
     }
 
     /// Floats in one batch of `n` images (of the global batch: this rank's
@@ -253,22 +302,20 @@ impl Loader {
         views * n * self.recipe.view_len() + labels
     }
 
-    /// The staging pool for batches of `views` views.
+    /// The staging pool for batches of `views` views: the one an earlier
+    /// epoch made while its slots fit, else a new one, planned once the
+    /// old one's block has gone back.
     fn staging_pool(&self, views: usize) -> Result<Arc<StagingPool>> {
-        let plan = self.staging_plan(views)?;
+        let slot_len = self.slot_len(views);
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        match pool.as_ref() {
-            Some(p) if p.plan() == plan => Ok(p.clone()),
-            _ => {
-                let made = Arc::new(StagingPool::new(
-                    plan,
-                    plan.slot_bytes / 4,
-                    self.cfg.device,
-                )?);
-                *pool = Some(made.clone());
-                Ok(made)
-            }
+        if let Some(p) = pool.as_ref().filter(|p| p.slot_len() == slot_len) {
+            return Ok(p.clone());
         }
+        *pool = None;
+        let plan = self.plan_pool(slot_len)?;
+        let made = Arc::new(StagingPool::new(plan, slot_len, self.cfg.device)?);
+        *pool = Some(made.clone());
+        Ok(made)
     }
 
     /// The dataset.

@@ -21,4 +21,5 @@ pub use config::DataConfig;
 pub use dataset::{Cifar100Labels, Dataset, OpenOptions, Split};
 pub use formats::Format;
 pub use image::Image;
-pub use loader::{Loader, LoaderConfig, OneViewBatch, TwoViewBatch, Views};
+pub use loader::{Feed, Loader, LoaderConfig, OneViewBatch, TwoViewBatch, Views};
+pub use staging::PinnedCap;

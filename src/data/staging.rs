@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::base::device::memory::{pinned_empty, Event};
+use crate::base::device::memory::{pinned_empty, release_cached_pinned, Event};
 use crate::base::error::{Error, Result};
 
 /// The cap of page-locked memory for batches: `pinned_memory_mib` holds for
@@ -66,6 +66,16 @@ impl std::fmt::Display for PinnedCap {
     }
 }
 
+/// The largest power of two not above `bytes` (0 for 0): the largest block
+/// the CUDA caching host allocator pins without rounding it past `bytes`
+/// (it rounds every request up to a power of two and keeps that much).
+pub fn pow2_floor(bytes: usize) -> usize {
+    match bytes {
+        0 => 0,
+        b => 1 << (usize::BITS - 1 - b.leading_zeros()),
+    }
+}
+
 /// How a pool is laid out under its cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolPlan {
@@ -79,30 +89,37 @@ pub struct PoolPlan {
 }
 
 impl PoolPlan {
-    /// The largest pool within this process's share of `cap` for `threads`
-    /// workers with `prefetch` batches ahead each, slots of `slot_bytes`:
-    /// fewer slots per worker first, then fewer workers; an error naming
-    /// `pinned_memory_mib` when not even one batch fits.
+    /// The largest pool for a process alone with its share of `cap`
+    /// ([`PoolPlan::within`] with nothing held).
     pub fn new(
         threads: usize,
         prefetch: usize,
         slot_bytes: usize,
         cap: PinnedCap,
     ) -> Result<PoolPlan> {
+        Self::within(threads, prefetch, slot_bytes, cap, 0)
+    }
+
+    /// The largest pool for `threads` workers with `prefetch` batches ahead
+    /// each, slots of `slot_bytes`, whose one block, rounded up to a power
+    /// of two, fits in this process's share of `cap` beside the `held`
+    /// bytes its other pinned memory takes: fewer slots per worker first,
+    /// then fewer workers; an error naming `pinned_memory_mib` when not
+    /// even one batch fits.
+    pub fn within(
+        threads: usize,
+        prefetch: usize,
+        slot_bytes: usize,
+        cap: PinnedCap,
+        held: usize,
+    ) -> Result<PoolPlan> {
         let slot_bytes = slot_bytes.max(1);
-        let cap_bytes = cap.process_bytes();
-        if slot_bytes > cap_bytes {
-            return Err(Error::config(
-                "pinned_memory_mib",
-                format!(
-                    "{cap} cannot hold one batch of {:.1} MiB; raise it or lower batch_size",
-                    slot_bytes as f64 / (1 << 20) as f64
-                ),
-            ));
+        let block = pow2_floor(cap.process_bytes().saturating_sub(held));
+        if slot_bytes > block {
+            return Err(too_small(cap, held, block, slot_bytes));
         }
-        let fit = cap_bytes / slot_bytes;
-        let threads = threads.max(1);
-        let workers = threads.min(fit);
+        let fit = block / slot_bytes;
+        let workers = threads.max(1).min(fit);
         let slots_per_worker = (prefetch + 2).min(fit / workers).max(1);
         Ok(PoolPlan {
             workers,
@@ -115,6 +132,31 @@ impl PoolPlan {
     pub fn total_bytes(&self) -> usize {
         self.workers * self.slots_per_worker * self.slot_bytes
     }
+
+    /// Bytes its block takes once page-locked: the total rounded up to a
+    /// power of two, as the caching host allocator does.
+    pub fn pinned_bytes(&self) -> usize {
+        self.total_bytes().next_power_of_two()
+    }
+}
+
+/// The error for a share of `cap` (less `held`, rounded down to the
+/// `block` a power of two allows) that cannot hold one batch of `slot_bytes`.
+fn too_small(cap: PinnedCap, held: usize, block: usize, slot_bytes: usize) -> Error {
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    let held = match held {
+        0 => String::new(),
+        h => format!(", less {:.1} MiB this process has pinned already", mib(h)),
+    };
+    Error::config(
+        "pinned_memory_mib",
+        format!(
+            "{cap}{held} cannot hold one batch of {:.1} MiB: pinned blocks come in powers of two, \
+             so the largest is {:.1} MiB; raise it or lower batch_size",
+            mib(slot_bytes),
+            mib(block)
+        ),
+    )
 }
 
 impl std::fmt::Display for PoolPlan {
@@ -122,12 +164,65 @@ impl std::fmt::Display for PoolPlan {
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
         write!(
             f,
-            "{} worker(s) × {} batch(es) × {:.1} MiB = {:.1} MiB",
+            "{} worker(s) × {} batch(es) × {:.1} MiB = {:.1} MiB in one block of {:.1} MiB",
             self.workers,
             self.slots_per_worker,
             mib(self.slot_bytes),
-            mib(self.total_bytes())
+            mib(self.total_bytes()),
+            mib(self.pinned_bytes())
         )
+    }
+}
+
+/// The one allocation a pool's slots are slices of: page-locked for a GPU.
+/// When the last slice is gone, a page-locked block goes back to the
+/// driver, not to the caching allocator's free list, which would keep it
+/// locked (and counted against the cap) for a request of its size.
+struct Block {
+    /// Behind a lock only so that slots on several threads may share the
+    /// block: nothing reads it after the slots are cut.
+    memory: Mutex<Option<Tensor>>,
+    /// The GPU it was pinned for; `None` for plain memory.
+    pinned_for: Option<Device>,
+}
+
+impl Block {
+    /// `len` floats: page-locked for a GPU `device`, plain memory otherwise.
+    fn new(len: usize, device: Device) -> Result<Block> {
+        let memory = match device.is_cuda() {
+            true => pinned_empty(len, Kind::Float)?,
+            false => Tensor::empty([len as i64], (Kind::Float, Device::Cpu)),
+        };
+        Ok(Block {
+            memory: Mutex::new(Some(memory)),
+            pinned_for: device.is_cuda().then_some(device),
+        })
+    }
+
+    /// Floats `[at, at + len)` (a view: the same memory).
+    fn slice(&self, at: usize, len: usize) -> Tensor {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .expect("a block holds its memory until dropped")
+            .narrow(0, at as i64, len as i64)
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        drop(
+            self.memory
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        if let Some(device) = self.pinned_for {
+            // Best effort: a block left cached is reused or released when
+            // the next pool is planned.
+            let _ = release_cached_pinned(device);
+        }
     }
 }
 
@@ -136,6 +231,8 @@ impl std::fmt::Display for PoolPlan {
 struct Slot {
     buffer: Tensor,
     copied: Option<Event>,
+    /// Keeps the block alive (declared after `buffer`, so dropped after it).
+    _block: Arc<Block>,
 }
 
 impl Slot {
@@ -180,28 +277,28 @@ pub struct StagingPool {
 }
 
 impl StagingPool {
-    /// The slots of `plan` for batches of `slot_len` floats: page-locked for
-    /// a GPU `device`, plain host memory otherwise.
+    /// The slots of `plan` for batches of `slot_len` floats, slices of one
+    /// block: page-locked for a GPU `device`, plain host memory otherwise.
     pub fn new(plan: PoolPlan, slot_len: usize, device: Device) -> Result<StagingPool> {
-        let mut queues = Vec::with_capacity(plan.workers);
-        for _ in 0..plan.workers {
-            let mut free = VecDeque::with_capacity(plan.slots_per_worker);
-            for _ in 0..plan.slots_per_worker {
-                let buffer = if device.is_cuda() {
-                    pinned_empty(slot_len, Kind::Float)?
-                } else {
-                    Tensor::empty([slot_len as i64], (Kind::Float, Device::Cpu))
-                };
-                free.push_back(Slot {
-                    buffer,
-                    copied: None,
-                });
-            }
-            queues.push(Arc::new(SlotQueue {
-                free: Mutex::new(free),
-                returned: Condvar::new(),
-            }));
-        }
+        let block = Arc::new(Block::new(
+            plan.workers * plan.slots_per_worker * slot_len,
+            device,
+        )?);
+        let queues = (0..plan.workers)
+            .map(|w| {
+                let free = (0..plan.slots_per_worker)
+                    .map(|i| Slot {
+                        buffer: block.slice((w * plan.slots_per_worker + i) * slot_len, slot_len),
+                        copied: None,
+                        _block: block.clone(),
+                    })
+                    .collect();
+                Arc::new(SlotQueue {
+                    free: Mutex::new(free),
+                    returned: Condvar::new(),
+                })
+            })
+            .collect();
         Ok(StagingPool {
             plan,
             slot_len,
@@ -307,7 +404,7 @@ mod tests {
         // Tighter: fewer slots per worker first.
         let p = PoolPlan::new(4, 2, MIB, alone(9 * MIB)).unwrap();
         assert_eq!((p.workers, p.slots_per_worker), (4, 2));
-        assert!(p.total_bytes() <= 9 * MIB);
+        assert!(p.pinned_bytes() <= 9 * MIB);
         // Tighter still: fewer workers, one slot each.
         let p = PoolPlan::new(16, 2, 147 * MIB, alone(1024 * MIB)).unwrap();
         assert_eq!((p.workers, p.slots_per_worker), (6, 1));
@@ -317,11 +414,12 @@ mod tests {
                 let p = PoolPlan::new(threads, 2, 3 * MIB, alone(cap * MIB + MIB / 2));
                 match p {
                     Ok(p) => {
-                        assert!(p.total_bytes() <= cap * MIB + MIB / 2, "{threads} {cap}");
+                        assert!(p.pinned_bytes() <= cap * MIB + MIB / 2, "{threads} {cap}");
                         assert!(p.workers >= 1 && p.workers <= threads && p.slots_per_worker >= 1);
                     }
                     Err(e) => {
-                        assert!(cap < 3, "{threads} {cap}");
+                        // 3.5 MiB rounds down to a 2 MiB block: no 3 MiB slot.
+                        assert!(cap < 4, "{threads} {cap}");
                         assert!(e.to_string().contains("`pinned_memory_mib`"), "{e}");
                     }
                 }
@@ -357,7 +455,7 @@ mod tests {
 
     #[test]
     fn slots_are_written_again_in_the_order_they_came_back() {
-        let plan = PoolPlan::new(1, 1, 4 * 10, alone(4 * 10 * 3)).unwrap();
+        let plan = PoolPlan::new(1, 1, 4 * 10, alone(4 * 10 * 4)).unwrap();
         assert_eq!((plan.workers, plan.slots_per_worker), (1, 3));
         let pool = StagingPool::new(plan, 10, Device::Cpu).unwrap();
         let stop = AtomicBool::new(false);
@@ -390,7 +488,7 @@ mod tests {
 
     #[test]
     fn the_pool_holds_what_the_plan_says_and_slots_come_back() {
-        let plan = PoolPlan::new(2, 1, 4 * 100, alone(4 * 100 * 4)).unwrap();
+        let plan = PoolPlan::new(2, 1, 4 * 100, alone(2048)).unwrap();
         assert_eq!((plan.workers, plan.slots_per_worker), (2, 2));
         let pool = StagingPool::new(plan, 100, Device::Cpu).unwrap();
         assert_eq!(pool.bytes(), plan.total_bytes());
@@ -420,5 +518,72 @@ mod tests {
         };
         stop.store(true, Ordering::Relaxed);
         assert!(waiter.join().unwrap());
+    }
+
+    #[test]
+    fn the_block_is_planned_at_its_rounded_size() {
+        assert_eq!(
+            [0, 1, 2, 3, 4, 5, 1023, 1024, 1025].map(pow2_floor),
+            [0, 1, 2, 2, 4, 4, 512, 1024, 1024]
+        );
+        // A 38.5 MiB batch under a 200 MiB cap: 200 MiB would hold 5, but a
+        // block of 5 (192.5 MiB) is pinned as 256 MiB. Planned in the
+        // 128 MiB block that 200 MiB allows: 3 slots, pinned as 128 MiB.
+        let slot = 77 * MIB / 2;
+        let p = PoolPlan::new(8, 2, slot, alone(200 * MIB)).unwrap();
+        assert_eq!((p.workers, p.slots_per_worker), (3, 1));
+        assert_eq!(p.pinned_bytes(), 128 * MIB);
+        // Every plan's rounded block fits its cap.
+        for cap in (1..300).map(|m| m * MIB / 3) {
+            for slot in [MIB / 7, MIB, 5 * MIB, 77 * MIB / 2] {
+                if let Ok(p) = PoolPlan::new(6, 2, slot, alone(cap)) {
+                    assert!(p.pinned_bytes() <= cap, "{p} under {cap}");
+                }
+            }
+        }
+        // What the process holds already comes off its share: the monitor's
+        // pool beside the trainer's 128 MiB block.
+        let p = PoolPlan::within(8, 2, slot, alone(200 * MIB), 128 * MIB).unwrap();
+        assert_eq!(
+            (p.workers, p.slots_per_worker, p.pinned_bytes()),
+            (1, 1, 64 * MIB)
+        );
+        let e = PoolPlan::within(8, 2, slot, alone(200 * MIB), 150 * MIB).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("`pinned_memory_mib`")
+                && m.contains("less 150.0 MiB this process has pinned already")
+                && m.contains("the largest is 32.0 MiB"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn the_slots_are_disjoint_slices_of_one_block() {
+        let plan = PoolPlan::new(3, 1, 4 * 100, alone(4096)).unwrap();
+        assert_eq!((plan.workers, plan.slots_per_worker), (3, 3));
+        let pool = StagingPool::new(plan, 100, Device::Cpu).unwrap();
+        let stop = AtomicBool::new(false);
+        let leases: Vec<Lease> = (0..3)
+            .flat_map(|w| (0..3).map(move |_| w))
+            .map(|w| pool.take(w, &stop).unwrap().unwrap())
+            .collect();
+        let mut starts: Vec<usize> = leases
+            .iter()
+            .map(|l| l.buffer().data_ptr() as usize)
+            .collect();
+        starts.sort_unstable();
+        // Nine slots of 400 bytes, back to back in one allocation.
+        let first = starts[0];
+        assert_eq!(starts, (0..9).map(|i| first + 400 * i).collect::<Vec<_>>());
+        // Each slot writes only its own floats.
+        for (i, l) in leases.iter().enumerate() {
+            let _ = l.buffer().shallow_clone().fill_(i as f64);
+        }
+        for (i, l) in leases.iter().enumerate() {
+            let b = l.buffer();
+            assert_eq!(b.size(), vec![100]);
+            assert!(b.eq(i as f64).all().int64_value(&[]) == 1, "slot {i}");
+        }
     }
 }

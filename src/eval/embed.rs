@@ -24,7 +24,7 @@ use tch::{Device, Tensor};
 
 use crate::base::device::{float32, Compute};
 use crate::base::error::{Error, Result};
-use crate::data::{DataConfig, Dataset, Recipe, RecipeName, Split};
+use crate::data::{DataConfig, Dataset, Feed, PinnedCap, Recipe, RecipeName, Split};
 use crate::model::head::l2_normalize;
 use crate::model::{Encoder, ResNet};
 use crate::run::{MethodName, RunCheckpoint};
@@ -151,7 +151,11 @@ pub fn embed(checkpoint_file: &Path, s: &EmbedSettings) -> Result<Embeddings> {
     let vs = VarStore::new(s.device);
     let model = build(&opened, &vs, recipe.channels, s.layer, compute)?;
     let indices: Vec<usize> = (0..dataset.len()).collect();
-    let (values, dim) = forward_all(&model, &dataset, &recipe, &indices, compute, s)?;
+    let feed = Feed {
+        threads: s.threads,
+        pinned: PinnedCap::new(config.compute.pinned_memory_mib, 1),
+    };
+    let (values, dim) = forward_all(&model, &dataset, &recipe, &indices, (compute, feed), s)?;
     let info = EmbedInfo {
         checkpoint: checkpoint_file.to_path_buf(),
         step: opened.checkpoint.pos.step,
@@ -216,17 +220,16 @@ fn build(
 }
 
 /// Every image's embedding, in order, as row-major float32 on the CPU, and
-/// the embedding width.
+/// the embedding width, computed and fed as `(compute, feed)` say.
 fn forward_all(
     model: &Model,
     dataset: &Arc<Dataset>,
     recipe: &Recipe,
     indices: &[usize],
-    compute: Compute,
+    (compute, feed): (Compute, Feed),
     s: &EmbedSettings,
 ) -> Result<(Vec<f32>, usize)> {
-    let loader =
-        super::features::in_order(dataset, recipe, indices, s.batch_size, s.threads, compute)?;
+    let loader = super::features::in_order(dataset, recipe, indices, s.batch_size, feed, compute)?;
     let bar = progress_bar(indices.len(), s.progress);
     let (mut values, mut dim) = (Vec::with_capacity(indices.len() * 128), 0);
     for batch in loader.single_view_epoch(0) {

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::base::device::{float32, Compute};
 use crate::base::error::Result;
-use crate::data::{Dataset, Loader, LoaderConfig, Recipe};
+use crate::data::{Dataset, Feed, Loader, LoaderConfig, Recipe};
 use crate::model::ResNet;
 
 /// Images per forward pass.
@@ -19,14 +19,14 @@ const BATCH: usize = 256;
 
 /// A loader of images `indices` of `dataset`, once each and in that order
 /// (no shuffle, the last batch kept), `batch_size` at a time through
-/// `threads` threads, written for `compute` (its device and layout): what
-/// every pass over frozen features reads.
+/// `feed`'s threads under its pinned cap, written for `compute` (its device
+/// and layout): what every pass over frozen features reads.
 pub fn in_order(
     dataset: &Arc<Dataset>,
     recipe: &Recipe,
     indices: &[usize],
     batch_size: usize,
-    threads: usize,
+    feed: Feed,
     compute: Compute,
 ) -> Result<Loader> {
     Loader::with_images(
@@ -34,7 +34,8 @@ pub fn in_order(
         recipe.clone(),
         LoaderConfig {
             batch_size: batch_size.min(indices.len()).max(1),
-            threads: threads.max(1),
+            threads: feed.threads.max(1),
+            pinned: feed.pinned,
             shuffle: false,
             drop_last: false,
             device: compute.device,
@@ -48,16 +49,16 @@ pub fn in_order(
 /// Pooled features `[n, F]` (float32, not normalised) and labels `[n]` (−1
 /// where the dataset has none) of images `indices` of `dataset`, in that
 /// order, computed as `compute` says (device, precision, memory format),
-/// with `threads` loader threads.
+/// fed as `feed` says.
 pub fn extract(
     backbone: &ResNet,
     dataset: &Arc<Dataset>,
     recipe: &Recipe,
     indices: &[usize],
     compute: Compute,
-    threads: usize,
+    feed: Feed,
 ) -> Result<(Tensor, Tensor)> {
-    let loader = in_order(dataset, recipe, indices, BATCH, threads, compute)?;
+    let loader = in_order(dataset, recipe, indices, BATCH, feed, compute)?;
     let (mut feats, mut labels) = (Vec::new(), Vec::new());
     for batch in loader.single_view_epoch(0) {
         let batch = batch?;

@@ -12,7 +12,7 @@ use super::features::extract;
 use crate::base::device::memory::upload;
 use crate::base::device::Compute;
 use crate::base::error::{Error, Result};
-use crate::data::{Dataset, Recipe, RecipeName, Split};
+use crate::data::{Dataset, Feed, PinnedCap, Recipe, RecipeName, Split};
 use crate::model::ResNet;
 use crate::run::{PretrainConfig, RunCheckpoint};
 
@@ -130,6 +130,15 @@ impl Frozen {
         Ok((f, l))
     }
 
+    /// How its passes are fed: its loader threads, under the run's
+    /// `pinned_memory_mib` for this one process.
+    pub fn feed(&self) -> Feed {
+        Feed {
+            threads: self.threads,
+            pinned: PinnedCap::new(self.config.compute.pinned_memory_mib, 1),
+        }
+    }
+
     fn extract_split(&self, dataset: &Arc<Dataset>, indices: &[usize]) -> Result<(Tensor, Tensor)> {
         let recipe = self.recipe(RecipeName::Eval)?;
         extract(
@@ -138,7 +147,7 @@ impl Frozen {
             &recipe,
             indices,
             self.compute,
-            self.threads,
+            self.feed(),
         )
     }
 

@@ -350,6 +350,7 @@ fn train_moco(
         LoaderConfig {
             batch_size: settings.batch_size.min(images.len()),
             threads: settings.threads.max(1),
+            pinned: frozen.feed().pinned,
             seed: derive(settings.seed, &[LINEAR_AUGMENT]),
             drop_last: false,
             device: frozen.device,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::base::device::Compute;
 use crate::base::error::{Error, Result};
-use crate::data::{DataConfig, Dataset, Recipe, RecipeName, Split};
+use crate::data::{DataConfig, Dataset, Feed, Recipe, RecipeName, Split};
 use crate::eval::{extract, knn_accuracy};
 use crate::run::config::MonitorConfig;
 
@@ -18,19 +18,20 @@ pub struct KnnMonitor {
     classes: i64,
     k: i64,
     tau: f64,
-    threads: usize,
+    feed: Feed,
 }
 
 impl KnnMonitor {
     /// The monitor `cfg` sets up for the run's `images` of `train`, with
-    /// the test split of `data`, on centre crops at the run's size.
+    /// the test split of `data`, on centre crops at the run's size, fed as
+    /// `feed` says (the trainer's threads and pinned cap).
     pub fn new(
         cfg: &MonitorConfig,
         data: &DataConfig,
         train: &Arc<Dataset>,
         train_recipe: &Recipe,
         images: &[usize],
-        threads: usize,
+        feed: Feed,
     ) -> Result<KnnMonitor> {
         let test = data.open(Split::Test)?;
         if !train.has_labels() || !test.has_labels() {
@@ -54,21 +55,14 @@ impl KnnMonitor {
             classes: train.classes.len() as i64,
             k: cfg.knn_k,
             tau: cfg.knn_tau,
-            threads,
+            feed,
         })
     }
 
     /// Top-1 kNN accuracy of the current backbone on the test split.
     pub fn top1(&self, backbone: &crate::model::ResNet, compute: Compute) -> Result<f64> {
         let extract = |dataset, images: &[usize]| {
-            extract(
-                backbone,
-                dataset,
-                &self.recipe,
-                images,
-                compute,
-                self.threads,
-            )
+            extract(backbone, dataset, &self.recipe, images, compute, self.feed)
         };
         let (bank, bank_labels) = extract(&self.train, &self.bank)?;
         let all: Vec<usize> = (0..self.test.len()).collect();

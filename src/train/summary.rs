@@ -53,6 +53,12 @@ pub struct Summary {
     /// steps); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_buckets_overlapped: Option<f64>,
+    /// On a GPU, the most page-locked memory the process held at once, in
+    /// bytes, as the CUDA host allocator counts it (each block at its size
+    /// rounded up to a power of two, cached blocks included): what
+    /// `pinned_memory_mib` bounds. Absent on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned_peak_bytes: Option<u64>,
     /// The last checkpoint.
     pub checkpoint: PathBuf,
 }

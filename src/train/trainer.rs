@@ -13,11 +13,12 @@ use super::pending::{Pending, PendingStep};
 use super::record::Record;
 use super::step::Step;
 use super::summary::Summary;
+use crate::base::device::memory::pinned_stats;
 use crate::base::device::Compute;
 use crate::base::error::{Error, Result};
 use crate::base::io::atomic_write;
 use crate::base::signals;
-use crate::data::{Dataset, Loader, LoaderConfig, TwoViewBatch};
+use crate::data::{Dataset, Feed, Loader, LoaderConfig, PinnedCap, TwoViewBatch};
 use crate::dist::World;
 use crate::method::{self, MethodName, Shape};
 use crate::optim::learning_rate;
@@ -116,7 +117,10 @@ impl<'a> Trainer<'a> {
                 &dataset,
                 loader.recipe(),
                 loader.images(),
-                cfg.data.loader_threads.unwrap_or(opts.threads),
+                Feed {
+                    threads: cfg.data.loader_threads.unwrap_or(opts.threads),
+                    pinned: loader.pinned_cap(),
+                },
             )?),
             false => None,
         };
@@ -472,6 +476,7 @@ impl<'a> Trainer<'a> {
             processes: self.opts.world.size,
             comm_share,
             grad_buckets_overlapped: self.step.overlapped_share(),
+            pinned_peak_bytes: pinned_stats().map(|s| s.peak),
             checkpoint: self.last_ckpt.clone(),
         }
     }
@@ -514,8 +519,7 @@ fn open_loader(
             seed: cfg.seed,
             device: opts.device,
             channels_last: compute.channels_last,
-            staging_mib: cfg.compute.pinned_memory_mib,
-            local_processes: world.local_size,
+            pinned: PinnedCap::new(cfg.compute.pinned_memory_mib, world.local_size),
             shard: (world.rank, world.size),
             ..Default::default()
         },

@@ -44,6 +44,45 @@ pub fn is_pinned(t: &Tensor) -> bool {
     unsafe { shim::eqco_is_pinned(shim::ptr(t)) != 0 }
 }
 
+/// Page-locked memory held by the process, as the CUDA caching host
+/// allocator counts it: every block at its rounded size (a power of two),
+/// in use or cached for reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedStats {
+    /// Bytes held now.
+    pub current: u64,
+    /// The most bytes held at once since the process started.
+    pub peak: u64,
+}
+
+/// The CUDA host allocator's figures, or `None` where libtorch has no CUDA
+/// (nothing is page-locked there).
+pub fn pinned_stats() -> Option<PinnedStats> {
+    if !tch::Cuda::is_available() {
+        return None;
+    }
+    let (mut current, mut peak) = (0i64, 0i64);
+    // SAFETY: the shim writes two integers, or returns an error string.
+    let err = unsafe { shim::eqco_pinned_stats(&mut current, &mut peak) };
+    shim::check("pinned memory statistics", err).ok()?;
+    Some(PinnedStats {
+        current: current.max(0) as u64,
+        peak: peak.max(0) as u64,
+    })
+}
+
+/// Hands the page-locked blocks that the CUDA host allocator keeps cached
+/// (freed, but still locked for reuse) back to the driver, once `device`'s
+/// work has finished. Nothing on the CPU.
+pub fn release_cached_pinned(device: Device) -> Result<()> {
+    let Device::Cuda(i) = device else {
+        return Ok(());
+    };
+    // SAFETY: a plain call; an error string or null comes back.
+    let err = unsafe { shim::eqco_pinned_release_cached(i as c_int) };
+    shim::check("releasing cached pinned memory", err)
+}
+
 /// `values` as an int64 tensor on `device`. For a GPU they go through a
 /// pinned buffer and a copy that does not block: index tensors drawn on the
 /// host (negative subsets, shuffles) reach the device without a wait.
