@@ -84,6 +84,8 @@ struct Group {
   // This attempt's keys (a prefix of the job's store, which torchrun's
   // agent may keep across restarts).
   c10::intrusive_ptr<c10d::Store> store;
+  // The gradients' communicator (their all-reduce, overlapped with
+  // backward), the figures', and the barriers and broadcasts.
   c10::intrusive_ptr<c10d::Backend> backend;
   int rank;
   int size;
@@ -96,6 +98,12 @@ struct Group {
   std::atomic<bool> aborted{false};
   std::mutex cause_mutex;
   std::string cause;
+  // A second communicator for SyncBN's statistics and the gathers (and
+  // their gradients' reduce-scatter), so that those do not queue behind
+  // the gradient buckets on one stream (NCCL) or one work queue (Gloo).
+  // Each rank issues the collectives of each communicator in the same
+  // order: both are issued from the training thread in program order.
+  c10::intrusive_ptr<c10d::Backend> side;
 };
 
 #ifdef EQCO_WITH_NCCL
@@ -201,22 +209,26 @@ class Timed {
   std::unique_ptr<c10::Event> start_;
 };
 
-// The group's backend; an error once the group was left after a failure,
-// or once the watcher aborted it (naming why).
-c10d::Backend* live(Group* g) {
+// Which of the group's communicators a collective goes to.
+enum class Lane { Main, Side };
+
+// The group's communicator for `lane`; an error once the group was left
+// after a failure, or once the watcher aborted it (naming why).
+c10d::Backend* live(Group* g, Lane lane = Lane::Main) {
   if (g->aborted.load()) {
     throw_aborted(g);
   }
-  if (!g->backend) {
+  auto& backend = lane == Lane::Side ? g->side : g->backend;
+  if (!backend) {
     throw std::runtime_error("this rank left the group after a failure");
   }
-  return g->backend.get();
+  return backend.get();
 }
 
-void allreduce_sum(Group* g, at::Tensor& t) {
+void allreduce_sum(Group* g, at::Tensor& t, Lane lane = Lane::Main) {
   std::vector<at::Tensor> ts{t};
   Timed timed(g);
-  wait(g, live(g)->allreduce(ts));
+  wait(g, live(g, lane)->allreduce(ts));
 }
 
 // The inputs of all ranks stacked along dimension 0, in rank order:
@@ -231,7 +243,7 @@ at::Tensor allgather(Group* g, const at::Tensor& input) {
   out_sizes[0] = sizes[0] * g->size;
   auto out = at::empty(out_sizes, x.options());
   Timed timed(g);
-  wait(g, live(g)->_allgather_base(out, x));
+  wait(g, live(g, Lane::Side)->_allgather_base(out, x));
   return out;
 }
 
@@ -247,7 +259,7 @@ at::Tensor reduce_scatter_sum(Group* g, const at::Tensor& input) {
   c10d::ReduceScatterOptions opts;
   opts.reduceOp = c10d::ReduceOp::SUM;
   Timed timed(g);
-  wait(g, live(g)->_reduce_scatter_base(out, x, opts));
+  wait(g, live(g, Lane::Side)->_reduce_scatter_base(out, x, opts));
   return out;
 }
 
@@ -363,7 +375,7 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
         {false, true, true});
     int64_t channels = sum_dy.size(0);
     auto totals = at::cat({sum_dy.to(at::kFloat), sum_dy_xhat.to(at::kFloat)});
-    allreduce_sum(g, totals);
+    allreduce_sum(g, totals, Lane::Side);
     auto total_dy = totals.narrow(0, 0, channels);
     auto total_dy_xhat = totals.narrow(0, channels, channels);
     // dx = a·dy + b·x + c per channel, with x̂ = (x − μ)·σ⁻¹:
@@ -440,7 +452,7 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
         dy, input, mean, invstd, weight, /*input_g=*/true, /*weight_g=*/true, /*bias_g=*/true);
     int64_t channels = sum_dy.size(0);
     auto combined = at::cat({sum_dy, sum_dy_xmu}, 0);
-    allreduce_sum(g, combined);
+    allreduce_sum(g, combined, Lane::Side);
     auto total_dy = combined.narrow(0, 0, channels);
     auto total_dy_xmu = combined.narrow(0, channels, channels);
     auto w = weight.scalar_type() != mean.scalar_type() ? weight.to(mean.scalar_type()) : weight;
@@ -565,9 +577,13 @@ void abort_group(Group* g, const std::string& why) {
   }
   const char* expected = nullptr;
   abort_cause.compare_exchange_strong(expected, strdup(why.c_str()));
-  try {
-    g->backend->abort();
-  } catch (...) {
+  for (auto* backend : {g->backend.get(), g->side.get()}) {
+    try {
+      if (backend != nullptr) {
+        backend->abort();
+      }
+    } catch (...) {
+    }
   }
 }
 
@@ -642,6 +658,25 @@ void stop_watching(Group* g) {
   }
 }
 
+// A communicator of `size` ranks whose keys live in `keys`: NCCL on GPU
+// `cuda_index`, or Gloo on `devices`.
+c10::intrusive_ptr<c10d::Backend> make_backend(
+    bool nccl, const c10::intrusive_ptr<c10d::Store>& keys, int rank, int size,
+    std::chrono::milliseconds timeout,
+    const std::vector<std::shared_ptr<::gloo::transport::Device>>& devices, int cuda_index) {
+  if (nccl) {
+#ifdef EQCO_WITH_NCCL
+    return make_nccl(keys, rank, size, timeout, cuda_index);
+#else
+    (void)cuda_index;
+    throw std::runtime_error("this eqco was built against a torch without NCCL");
+#endif
+  }
+  auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
+  gloo->devices = devices;
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(keys, rank, size, gloo);
+}
+
 }  // namespace eqco
 
 using eqco::Group;
@@ -694,20 +729,13 @@ extern "C" char* eqco_group_new(int nccl, const char* host, int port, int rank, 
     eqco::wait_for_ranks(store, rank, size, join_timeout);
     tcp->setTimeout(timeout);
     store->setTimeout(timeout);
-    c10::intrusive_ptr<c10d::Backend> backend;
-    if (nccl) {
-#ifdef EQCO_WITH_NCCL
-      backend = eqco::make_nccl(store, rank, size, timeout, cuda_index);
-#else
-      (void)cuda_index;
-      throw std::runtime_error("this eqco was built against a torch without NCCL");
-#endif
-    } else {
-      auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
-      gloo->devices = devices;
-      backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, gloo);
-    }
+    auto make = [&](const c10::intrusive_ptr<c10d::Store>& keys) {
+      return eqco::make_backend(nccl != 0, keys, rank, size, timeout, devices, cuda_index);
+    };
+    auto backend = make(store);
+    auto side = make(c10::make_intrusive<c10d::PrefixStore>("side", store));
     auto* g = new Group{store, backend, rank, size, serve != 0};
+    g->side = side;
     if (nccl) {
       g->clock.on_device = true;
       g->clock.device = c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(cuda_index));
@@ -796,6 +824,7 @@ extern "C" void eqco_group_fail(Group* g, const char* message, double linger_s) 
   }
   try {
     g->backend.reset();
+    g->side.reset();
   } catch (...) {
   }
   if (g->serves_store) {
@@ -855,12 +884,15 @@ extern "C" void eqco_group_free(Group* g) {
     // backend's threads, which its destructor would join: they are left to
     // the process's exit instead.
     g->backend.release();
+    g->side.release();
   }
-  try {
-    if (g->backend) {
-      g->backend->shutdown();
+  for (auto* backend : {g->backend.get(), g->side.get()}) {
+    try {
+      if (backend != nullptr) {
+        backend->shutdown();
+      }
+    } catch (...) {
     }
-  } catch (...) {
   }
   try {
     delete g;

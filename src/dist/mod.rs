@@ -764,6 +764,50 @@ mod tests {
         drop(zero);
     }
 
+    /// SyncBN's statistics and the gathers go to a communicator of their
+    /// own: while rank 1 waits at a barrier on the gradients' communicator
+    /// (rank 0 not there yet), both ranks still complete a gather. On one
+    /// communicator rank 0's gather would be matched with rank 1's barrier,
+    /// and the gather would hang until the timeout.
+    #[test]
+    fn gathers_do_not_queue_behind_the_gradients_communicator() {
+        let port = TcpListener::bind(("127.0.0.1", 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut groups = join_in_threads(2, port, Duration::from_secs(20));
+        let one = Arc::new(groups.pop().unwrap());
+        let zero = groups.pop().unwrap();
+        let at_barrier = {
+            let one = one.clone();
+            std::thread::spawn(move || one.barrier())
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let gathering = {
+            let one = one.clone();
+            std::thread::spawn(move || one.all_gather(&Tensor::from_slice(&[1.0f32, 2.0])))
+        };
+        let start = Instant::now();
+        let ours = zero
+            .all_gather(&Tensor::from_slice(&[3.0f32, 4.0]))
+            .unwrap();
+        let theirs = gathering.join().unwrap().unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        let want = Tensor::from_slice(&[3.0f32, 4.0, 1.0, 2.0]);
+        assert!(
+            ours.equal(&want) && theirs.equal(&want),
+            "{ours:?} {theirs:?}"
+        );
+        assert!(!at_barrier.is_finished(), "the barrier waits for rank 0");
+        zero.barrier().unwrap();
+        at_barrier.join().unwrap().unwrap();
+    }
+
     #[test]
     fn a_port_in_use_is_named() {
         let held = TcpListener::bind(("127.0.0.1", 0)).unwrap();
