@@ -102,7 +102,9 @@ struct Group {
   // their gradients' reduce-scatter), so that those do not queue behind
   // the gradient buckets on one stream (NCCL) or one work queue (Gloo).
   // Each rank issues the collectives of each communicator in the same
-  // order: both are issued from the training thread in program order.
+  // order: the training thread's program order, and inside backward the
+  // autograd engine's, which runs a graph's nodes in the same order on
+  // every rank. (Under NCCL the two may run at once on the GPU.)
   c10::intrusive_ptr<c10d::Backend> side;
 };
 

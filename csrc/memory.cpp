@@ -43,10 +43,15 @@ extern "C" char* eqco_pinned_stats(int64_t* current, int64_t* peak) {
 // request of its size. A freed block waits for events recorded on the
 // streams that copied out of it, so CUDA device `index` is synchronised
 // first: then every such event has completed and every free block goes.
+// The device is made this thread's current one first: synchronizeDevice
+// switches back to the thread's previous device afterwards, and on a thread
+// that never chose one that is GPU 0, whose context it would create.
 extern "C" char* eqco_pinned_release_cached(int index) {
   EQCO_TRY({
-    c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)
-        ->synchronizeDevice(static_cast<c10::DeviceIndex>(index));
+    auto* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+    auto device_index = static_cast<c10::DeviceIndex>(index);
+    impl->setDevice(c10::Device(c10::DeviceType::CUDA, device_index));
+    impl->synchronizeDevice(device_index);
     at::getHostAllocator(at::kCUDA)->empty_cache();
   })
 }

@@ -325,6 +325,24 @@ fn the_staging_pool_stays_under_its_cap() {
     )
     .unwrap();
     assert_eq!(shared.staging_plan(2).unwrap(), tight);
+    // An evaluation's loader (the kNN monitor's, beside the trainer's pool)
+    // stages in pageable memory instead, and still visits every batch.
+    let beside = Loader::new(
+        ds.clone(),
+        recipe(),
+        LoaderConfig {
+            batch_size: 64,
+            threads: 2,
+            prefetch: 2,
+            pinned: PinnedCap::new(1, 1),
+            pageable_when_full: true,
+            stage_on_cpu: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let seen: Vec<usize> = beside.epoch(0).flat_map(|b| b.unwrap().indices).collect();
+    assert_eq!(seen, beside.order(0));
     // Not even one batch fits: an error naming the key, at the first batch.
     let e = loader(2, 1)
         .epoch(0)

@@ -63,6 +63,11 @@ pub struct LoaderConfig {
     /// takes what this process's share has left beside its other pinned
     /// memory (the trainer's pool, for an evaluation during training).
     pub pinned: PinnedCap,
+    /// When this process's share of the cap has no room left for one batch,
+    /// stage batches in pageable memory instead of failing (their copies to
+    /// the GPU then wait for the host): the kNN monitor's and evaluation's
+    /// loaders, which take what the trainer's pool leaves of the share.
+    pub pageable_when_full: bool,
     /// Pass batches through the staging pool on the CPU too (always done
     /// for a GPU, where its buffers are page-locked): the same path, with
     /// plain memory and a copy, so that it can be tested without a GPU.
@@ -85,6 +90,7 @@ impl Default for LoaderConfig {
             device: Device::Cpu,
             channels_last: false,
             pinned: PinnedCap::new(4096, 1),
+            pageable_when_full: false,
             stage_on_cpu: false,
             shard: (0, 1),
         }
@@ -95,6 +101,17 @@ impl LoaderConfig {
     /// Whether batches pass through the staging pool.
     fn staged(&self) -> bool {
         self.device.is_cuda() || self.stage_on_cpu
+    }
+}
+
+/// Says once per process that a loader staged its batches in pageable
+/// memory because the pinned share was full (`why`).
+fn note_pageable(why: &Error) {
+    static NOTED: AtomicBool = AtomicBool::new(false);
+    if !NOTED.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "note: evaluation batches are staged in pageable memory (on a GPU, slower copies): {why}"
+        );
     }
 }
 
@@ -312,8 +329,17 @@ impl Loader {
             return Ok(p.clone());
         }
         *pool = None;
-        let plan = self.plan_pool(slot_len)?;
-        let made = Arc::new(StagingPool::new(plan, slot_len, self.cfg.device)?);
+        let gpu = self.cfg.device.is_cuda().then_some(self.cfg.device);
+        let made = match self.plan_pool(slot_len) {
+            Ok(plan) => StagingPool::new(plan, slot_len, gpu)?,
+            Err(full) if self.cfg.pageable_when_full => {
+                note_pageable(&full);
+                let plan = PoolPlan::unbounded(self.cfg.threads, self.cfg.prefetch, 4 * slot_len);
+                StagingPool::new(plan, slot_len, None)?
+            }
+            Err(e) => return Err(e),
+        };
+        let made = Arc::new(made);
         *pool = Some(made.clone());
         Ok(made)
     }

@@ -128,6 +128,16 @@ impl PoolPlan {
         })
     }
 
+    /// The pool `threads` workers with `prefetch` batches ahead each would
+    /// have with no cap: for pageable memory, which the cap does not bound.
+    pub fn unbounded(threads: usize, prefetch: usize, slot_bytes: usize) -> PoolPlan {
+        PoolPlan {
+            workers: threads.max(1),
+            slots_per_worker: prefetch + 2,
+            slot_bytes: slot_bytes.max(1),
+        }
+    }
+
     /// Bytes of the whole pool.
     pub fn total_bytes(&self) -> usize {
         self.workers * self.slots_per_worker * self.slot_bytes
@@ -187,15 +197,16 @@ struct Block {
 }
 
 impl Block {
-    /// `len` floats: page-locked for a GPU `device`, plain memory otherwise.
-    fn new(len: usize, device: Device) -> Result<Block> {
-        let memory = match device.is_cuda() {
-            true => pinned_empty(len, Kind::Float)?,
-            false => Tensor::empty([len as i64], (Kind::Float, Device::Cpu)),
+    /// `len` floats: page-locked for the GPU `pinned_for`, plain memory
+    /// for none.
+    fn new(len: usize, pinned_for: Option<Device>) -> Result<Block> {
+        let memory = match pinned_for {
+            Some(_) => pinned_empty(len, Kind::Float)?,
+            None => Tensor::empty([len as i64], (Kind::Float, Device::Cpu)),
         };
         Ok(Block {
             memory: Mutex::new(Some(memory)),
-            pinned_for: device.is_cuda().then_some(device),
+            pinned_for,
         })
     }
 
@@ -278,11 +289,12 @@ pub struct StagingPool {
 
 impl StagingPool {
     /// The slots of `plan` for batches of `slot_len` floats, slices of one
-    /// block: page-locked for a GPU `device`, plain host memory otherwise.
-    pub fn new(plan: PoolPlan, slot_len: usize, device: Device) -> Result<StagingPool> {
+    /// block: page-locked for the GPU `pinned_for`, plain host memory for
+    /// none.
+    pub fn new(plan: PoolPlan, slot_len: usize, pinned_for: Option<Device>) -> Result<StagingPool> {
         let block = Arc::new(Block::new(
             plan.workers * plan.slots_per_worker * slot_len,
-            device,
+            pinned_for,
         )?);
         let queues = (0..plan.workers)
             .map(|w| {
@@ -457,7 +469,7 @@ mod tests {
     fn slots_are_written_again_in_the_order_they_came_back() {
         let plan = PoolPlan::new(1, 1, 4 * 10, alone(4 * 10 * 4)).unwrap();
         assert_eq!((plan.workers, plan.slots_per_worker), (1, 3));
-        let pool = StagingPool::new(plan, 10, Device::Cpu).unwrap();
+        let pool = StagingPool::new(plan, 10, None).unwrap();
         let stop = AtomicBool::new(false);
         let take = || pool.take(0, &stop).unwrap().unwrap();
         let at = |l: &Lease| l.buffer().data_ptr() as usize;
@@ -490,7 +502,7 @@ mod tests {
     fn the_pool_holds_what_the_plan_says_and_slots_come_back() {
         let plan = PoolPlan::new(2, 1, 4 * 100, alone(2048)).unwrap();
         assert_eq!((plan.workers, plan.slots_per_worker), (2, 2));
-        let pool = StagingPool::new(plan, 100, Device::Cpu).unwrap();
+        let pool = StagingPool::new(plan, 100, None).unwrap();
         assert_eq!(pool.bytes(), plan.total_bytes());
         let stop = AtomicBool::new(false);
         let a = pool.take(0, &stop).unwrap().unwrap();
@@ -562,7 +574,7 @@ mod tests {
     fn the_slots_are_disjoint_slices_of_one_block() {
         let plan = PoolPlan::new(3, 1, 4 * 100, alone(4096)).unwrap();
         assert_eq!((plan.workers, plan.slots_per_worker), (3, 3));
-        let pool = StagingPool::new(plan, 100, Device::Cpu).unwrap();
+        let pool = StagingPool::new(plan, 100, None).unwrap();
         let stop = AtomicBool::new(false);
         let leases: Vec<Lease> = (0..3)
             .flat_map(|w| (0..3).map(move |_| w))

@@ -22,6 +22,7 @@ use serde::Serialize;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Tensor};
 
+use crate::base::device::memory::set_thread_device;
 use crate::base::device::{float32, Compute};
 use crate::base::error::{Error, Result};
 use crate::data::{DataConfig, Dataset, Feed, PinnedCap, Recipe, RecipeName, Split};
@@ -141,6 +142,8 @@ enum Model {
 /// Loads the checkpoint's encoder (its run folder's `config.toml` gives the
 /// model) and embeds every image of the chosen split.
 pub fn embed(checkpoint_file: &Path, s: &EmbedSettings) -> Result<Embeddings> {
+    // This thread's CUDA objects belong to that GPU (see set_thread_device).
+    set_thread_device(s.device)?;
     let opened = RunCheckpoint::open(checkpoint_file, s.dataset.as_deref())?;
     let config = &opened.config;
     let (dataset, recipe) = open_split(&config.data, s.split)?;

@@ -36,6 +36,7 @@ pub fn in_order(
             batch_size: batch_size.min(indices.len()).max(1),
             threads: feed.threads.max(1),
             pinned: feed.pinned,
+            pageable_when_full: true,
             shuffle: false,
             drop_last: false,
             device: compute.device,

@@ -9,7 +9,7 @@ use tch::{Device, Tensor};
 
 use super::features::extract;
 
-use crate::base::device::memory::upload;
+use crate::base::device::memory::{set_thread_device, upload};
 use crate::base::device::Compute;
 use crate::base::error::{Error, Result};
 use crate::data::{Dataset, Feed, PinnedCap, Recipe, RecipeName, Split};
@@ -52,6 +52,8 @@ impl Frozen {
         device: Device,
         threads: usize,
     ) -> Result<Frozen> {
+        // This thread's CUDA objects belong to that GPU (see set_thread_device).
+        set_thread_device(device)?;
         let opened = RunCheckpoint::open(checkpoint, dataset)?;
         let config = &opened.config;
         let train = config.data.open(Split::Train)?;

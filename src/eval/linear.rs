@@ -351,6 +351,7 @@ fn train_moco(
             batch_size: settings.batch_size.min(images.len()),
             threads: settings.threads.max(1),
             pinned: frozen.feed().pinned,
+            pageable_when_full: true,
             seed: derive(settings.seed, &[LINEAR_AUGMENT]),
             drop_last: false,
             device: frozen.device,

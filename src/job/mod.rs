@@ -60,8 +60,11 @@ pub struct Job {
 impl Job {
     /// A job of one process (sweeps, benchmarks): `--device` and `--threads`.
     pub fn single(req: &Request) -> Result<Job> {
+        let device = parse_device(&req.device)?;
+        // This thread's CUDA objects belong to that GPU (see set_thread_device).
+        set_thread_device(device)?;
         Ok(Job {
-            device: parse_device(&req.device)?,
+            device,
             world: World::single(),
             threads: req.threads()?,
         })

@@ -476,7 +476,10 @@ impl<'a> Trainer<'a> {
             processes: self.opts.world.size,
             comm_share,
             grad_buckets_overlapped: self.step.overlapped_share(),
-            pinned_peak_bytes: pinned_stats().map(|s| s.peak),
+            pinned_peak_bytes: match self.opts.device.is_cuda() {
+                true => pinned_stats().map(|s| s.peak),
+                false => None,
+            },
             checkpoint: self.last_ckpt.clone(),
         }
     }
