@@ -697,6 +697,15 @@ mod tests {
         );
     }
 
+    /// A loopback port that was free a moment ago.
+    fn free_port() -> u16 {
+        TcpListener::bind(("127.0.0.1", 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
     /// Ranks `0..size` of a one-host Gloo job on 127.0.0.1:`port`, joined
     /// in threads of this process.
     fn join_in_threads(size: usize, port: u16, collective: Duration) -> Vec<Group> {
@@ -730,12 +739,7 @@ mod tests {
     /// within seconds, naming rank 0's error.
     #[test]
     fn a_failure_in_the_store_aborts_the_waiting_ranks() {
-        let port = TcpListener::bind(("127.0.0.1", 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut groups = join_in_threads(2, port, Duration::from_secs(60));
+        let mut groups = join_in_threads(2, free_port(), Duration::from_secs(60));
         let one = Arc::new(groups.pop().unwrap());
         let zero = groups.pop().unwrap();
         let waiting = {
@@ -771,12 +775,7 @@ mod tests {
     /// and the gather would hang until the timeout.
     #[test]
     fn gathers_do_not_queue_behind_the_gradients_communicator() {
-        let port = TcpListener::bind(("127.0.0.1", 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut groups = join_in_threads(2, port, Duration::from_secs(20));
+        let mut groups = join_in_threads(2, free_port(), Duration::from_secs(20));
         let one = Arc::new(groups.pop().unwrap());
         let zero = groups.pop().unwrap();
         let at_barrier = {
