@@ -126,16 +126,6 @@ pub struct Feed {
     pub pinned: PinnedCap,
 }
 
-impl Feed {
-    /// `threads` threads under the default cap, alone on the machine.
-    pub fn threads(threads: usize) -> Feed {
-        Feed {
-            threads,
-            pinned: LoaderConfig::default().pinned,
-        }
-    }
-}
-
 /// Two views of N images, on the loader's device.
 #[derive(Debug)]
 pub struct TwoViewBatch {
